@@ -1,0 +1,433 @@
+//! `websocket_relay` (§8.3): upgrades a request whose handler set `X-WS-Relay`, runs the client
+//! connection as a process with its own pid, and relays frames and lifecycle messages between
+//! the socket and the target process. Each connection's outbound queue is its bounded mailbox:
+//! a client that cannot keep up is closed with 1013 instead of slowing anyone else.
+
+use crate::http::router::WsRelayOptions;
+use crate::http::server::{error_response, Body, ServerState};
+use crate::process::mailbox::Mailbox;
+use crate::process::pid::{Event, ExitResult, Message, Pid, Signal};
+use crate::process::value::Value;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::{HeaderMap, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+pub const MAX_FRAME: usize = 64 * 1024;
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters for `/metrics`.
+pub static CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+pub static FRAMES_IN: AtomicU64 = AtomicU64::new(0);
+pub static FRAMES_OUT: AtomicU64 = AtomicU64::new(0);
+pub static SLOW_CLIENT_CLOSES: AtomicU64 = AtomicU64::new(0);
+
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    let has = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    };
+    has(UPGRADE, "websocket") && has(CONNECTION, "upgrade")
+}
+
+pub enum Outcome {
+    Upgrade(Response<Body>),
+    Reject(Response<Body>),
+    PassThrough,
+}
+
+#[derive(Clone)]
+struct Plan {
+    target: Pid,
+    message_topic: Arc<str>,
+    heartbeat: Duration,
+    metadata: Value,
+}
+
+fn parse_plan(state: &ServerState, header: &str) -> Result<Plan, Outcome> {
+    let json: serde_json::Value = match serde_json::from_str(header) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(error = %e, "X-WS-Relay is not valid JSON; answering without upgrade");
+            return Err(Outcome::PassThrough);
+        }
+    };
+    let target = json
+        .get("target_pid")
+        .and_then(|v| v.as_str())
+        .and_then(|s| state.node.procs.resolve(s));
+    let Some(target) = target else {
+        return Err(Outcome::Reject(error_response(StatusCode::BAD_REQUEST, "invalid relay target")));
+    };
+    let heartbeat = json
+        .get("heartbeat_interval")
+        .and_then(|v| v.as_str())
+        .and_then(|s| crate::registry::duration::parse(s).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(30));
+    Ok(Plan {
+        target,
+        message_topic: Arc::from(json.get("message_topic").and_then(|v| v.as_str()).unwrap_or("ws.message")),
+        heartbeat,
+        metadata: json.get("metadata").map(Value::from_json).unwrap_or_else(|| Value::table(vec![], vec![])),
+    })
+}
+
+fn origin_allowed(opts: &WsRelayOptions, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split("://").nth(1).unwrap_or(origin);
+    if origin_host.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let Some(patterns) = &opts.allowed_origins else { return false };
+    patterns.iter().any(|p| {
+        if p == "*" {
+            true
+        } else if p.contains("://") {
+            p.eq_ignore_ascii_case(origin)
+        } else {
+            crate::lua::modules::process::glob(&p.to_ascii_lowercase(), &origin_host.to_ascii_lowercase())
+        }
+    })
+}
+
+/// Decides the handshake and, on success, starts the connection once hyper hands the socket over.
+pub fn accept(
+    state: &Arc<ServerState>,
+    opts: &WsRelayOptions,
+    parts: &hyper::http::request::Parts,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    header: &str,
+) -> Outcome {
+    let plan = match parse_plan(state, header) {
+        Ok(p) => p,
+        Err(outcome) => return outcome,
+    };
+    if !origin_allowed(opts, &parts.headers) {
+        return Outcome::Reject(error_response(StatusCode::FORBIDDEN, "origin not allowed"));
+    }
+    let (Some(on_upgrade), Some(key)) = (on_upgrade, parts.headers.get(SEC_WEBSOCKET_KEY)) else {
+        return Outcome::Reject(error_response(StatusCode::BAD_REQUEST, "not a WebSocket handshake"));
+    };
+    if parts.headers.get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
+        let mut r = error_response(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version");
+        r.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+        return Outcome::Reject(r);
+    }
+    let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let state = state.clone();
+    tokio::task::spawn_local(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0)
+                    .max_write_buffer_size(4 * MAX_FRAME)
+                    .max_message_size(Some(MAX_FRAME))
+                    .max_frame_size(Some(MAX_FRAME));
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                run_connection(state, ws, plan).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept_key) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Outcome::Upgrade(resp)
+}
+
+fn lifecycle(pid: &Pid, plan: &Plan, extra: Vec<(&str, Value)>) -> Value {
+    let mut fields = vec![("client_pid", Value::str(pid.to_string())), ("metadata", plan.metadata.clone())];
+    fields.extend(extra);
+    Value::record(fields)
+}
+
+fn tell(state: &ServerState, from: &Pid, to: &Pid, topic: &str, payload: Value) {
+    state.node.procs.send(
+        to,
+        Message {
+            from: Some(from.clone()),
+            topic: Arc::from(topic),
+            payloads: vec![payload],
+        },
+    );
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.to_string()),
+    }))
+}
+
+/// What a message sent to the client pid turns into.
+enum Outbound {
+    Frame(WsMessage),
+    Close(String),
+    Control(Value),
+}
+
+fn outbound(msg: Message) -> Outbound {
+    let payload = msg.payloads.into_iter().next().unwrap_or(Value::Nil);
+    match &*msg.topic {
+        "ws.send" => Outbound::Frame(raw_frame(payload)),
+        "ws.close" => Outbound::Close(match &payload {
+            Value::Nil => "Connection closed by server".to_string(),
+            Value::Str(_) => payload.as_str().unwrap_or_default().to_string(),
+            other => other.to_json().to_string(),
+        }),
+        "ws.control" => Outbound::Control(payload),
+        topic => {
+            let body = serde_json::json!({ "topic": topic, "data": payload.to_json() });
+            Outbound::Frame(WsMessage::Text(Utf8Bytes::from(body.to_string())))
+        }
+    }
+}
+
+/// `ws.send`: a string payload or `{type, data}` becomes one frame, bytes shared not copied.
+fn raw_frame(payload: Value) -> WsMessage {
+    let (kind, data) = match &payload {
+        Value::Table(_) => (
+            payload.get("type").and_then(Value::as_str).unwrap_or("text").to_string(),
+            payload.get("data").cloned().unwrap_or(Value::Nil),
+        ),
+        _ => ("text".to_string(), payload.clone()),
+    };
+    match data {
+        Value::Str(bytes) if kind == "binary" => WsMessage::Binary(bytes),
+        Value::Str(bytes) => match Utf8Bytes::try_from(bytes.clone()) {
+            Ok(text) => WsMessage::Text(text),
+            Err(_) => WsMessage::Binary(bytes),
+        },
+        other => WsMessage::Text(Utf8Bytes::from(other.to_json().to_string())),
+    }
+}
+
+async fn run_connection<S>(state: Arc<ServerState>, ws: WebSocketStream<S>, mut plan: Plan)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let procs = state.node.procs.clone();
+    let proc = procs.register_with(
+        Arc::from(state.id.to_string()),
+        Arc::from("websocket"),
+        Mailbox::bounded(state.ws_buffer),
+    );
+    let pid = proc.pid.clone();
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    procs.monitor(&pid, &plan.target);
+    tell(&state, &pid, &plan.target, "ws.join", lifecycle(&pid, &plan, vec![]));
+
+    let (mut sink, mut stream) = ws.split();
+    let started = Instant::now();
+    let mut frames_in: i64 = 0;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let idle_limit = state.idle_timeout.unwrap_or(PING_INTERVAL * 3);
+    let mut last_seen = Instant::now();
+    let mut shutdown = state.shutdown.clone();
+    let mut batch: Vec<Signal> = Vec::new();
+
+    let reason: String = 'conn: loop {
+        tokio::select! {
+            frame = stream.next() => {
+                last_seen = Instant::now();
+                match frame {
+                    Some(Ok(WsMessage::Text(t))) => {
+                        frames_in += 1;
+                        FRAMES_IN.fetch_add(1, Ordering::Relaxed);
+                        let data = Value::Str(Bytes::from(t));
+                        let topic = plan.message_topic.clone();
+                        tell(&state, &pid, &plan.target, &topic,
+                            lifecycle(&pid, &plan, vec![("type", Value::str("text")), ("data", data)]));
+                    }
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        frames_in += 1;
+                        FRAMES_IN.fetch_add(1, Ordering::Relaxed);
+                        let topic = plan.message_topic.clone();
+                        tell(&state, &pid, &plan.target, &topic,
+                            lifecycle(&pid, &plan, vec![("type", Value::str("binary")), ("data", Value::Str(b))]));
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None => break 'conn "client closed".to_string(),
+                    Some(Ok(_)) => {}
+                    Some(Err(tungstenite::Error::Capacity(e))) => {
+                        let _ = sink.send(close_frame(CloseCode::Size, "frame too large")).await;
+                        break 'conn format!("server closed: {e}");
+                    }
+                    Some(Err(e)) => break 'conn format!("client closed: {e}"),
+                }
+            }
+            _ = poll_fn(|cx| if proc.mailbox.register(cx.waker()) { Poll::Pending } else { Poll::Ready(()) }) => {
+                if let Some(r) = proc.mailbox.kill_reason() {
+                    let _ = sink.send(close_frame(CloseCode::Normal, "terminated")).await;
+                    break 'conn format!("server closed: {r}");
+                }
+                if proc.mailbox.overflowed() {
+                    SLOW_CLIENT_CLOSES.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(client_pid = %pid, queue = state.ws_buffer, "WebSocket client too slow; closing with 1013");
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_frame(CloseCode::Again, "client too slow"))).await;
+                    break 'conn "server closed: client too slow".to_string();
+                }
+                proc.mailbox.drain(&mut batch);
+                let mut fed = 0usize;
+                let mut closing: Option<String> = None;
+                for signal in batch.drain(..) {
+                    match signal {
+                        Signal::Message(m) => match outbound(m) {
+                            Outbound::Frame(f) => {
+                                if closing.is_none() && sink.feed(f).await.is_ok() {
+                                    fed += 1;
+                                }
+                            }
+                            Outbound::Close(r) => {
+                                closing.get_or_insert(r);
+                            }
+                            Outbound::Control(c) => apply_control(&state, &pid, &mut plan, &mut heartbeat, c),
+                        },
+                        Signal::Event(Event::Exit { from, .. }) if from == plan.target => {
+                            closing.get_or_insert_with(|| "target process exited".to_string());
+                        }
+                        Signal::Event(_) => {}
+                    }
+                }
+                FRAMES_OUT.fetch_add(fed as u64, Ordering::Relaxed);
+                match tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break 'conn format!("client closed: {e}"),
+                    Err(_) => {
+                        SLOW_CLIENT_CLOSES.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(client_pid = %pid, "WebSocket write stalled; closing");
+                        break 'conn "server closed: write timeout".to_string();
+                    }
+                }
+                if let Some(r) = closing {
+                    let target_exited = r == "target process exited";
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_frame(CloseCode::Normal, &r))).await;
+                    break 'conn if target_exited { r } else { format!("server closed: {r}") };
+                }
+            }
+            _ = heartbeat.tick() => {
+                let uptime = crate::registry::duration::format(started.elapsed());
+                tell(&state, &pid, &plan.target, "ws.heartbeat",
+                    lifecycle(&pid, &plan, vec![("uptime", Value::str(uptime)), ("message_count", Value::Int(frames_in))]));
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > idle_limit {
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_frame(CloseCode::Away, "idle timeout"))).await;
+                    break 'conn "server closed: idle timeout".to_string();
+                }
+                if tokio::time::timeout(WRITE_TIMEOUT, sink.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
+                    break 'conn "server closed: write timeout".to_string();
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_frame(CloseCode::Away, "server shutting down"))).await;
+                break 'conn "server closed: shutdown".to_string();
+            }
+        }
+    };
+    tell(&state, &pid, &plan.target, "ws.leave", lifecycle(&pid, &plan, vec![("reason", Value::str(reason))]));
+    procs.demonitor(&pid, &plan.target);
+    CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    procs.exit(&pid, ExitResult::Value(Value::str("websocket connection closed")));
+}
+
+fn apply_control(
+    state: &ServerState,
+    pid: &Pid,
+    plan: &mut Plan,
+    heartbeat: &mut tokio::time::Interval,
+    control: Value,
+) {
+    if let Some(meta) = control.get("metadata") {
+        plan.metadata = meta.clone();
+    }
+    if let Some(topic) = control.get("message_topic").and_then(Value::as_str) {
+        plan.message_topic = Arc::from(topic);
+    }
+    if let Some(d) = control
+        .get("heartbeat_interval")
+        .and_then(Value::as_str)
+        .and_then(|s| crate::registry::duration::parse(s).ok())
+        .filter(|d| !d.is_zero())
+    {
+        plan.heartbeat = d;
+        *heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+    }
+    if let Some(target) = control
+        .get("target_pid")
+        .and_then(Value::as_str)
+        .and_then(|s| state.node.procs.resolve(s))
+    {
+        let procs = &state.node.procs;
+        tell(state, pid, &plan.target, "ws.leave", lifecycle(pid, plan, vec![("reason", Value::str("retargeted"))]));
+        procs.demonitor(pid, &plan.target);
+        plan.target = target;
+        procs.monitor(pid, &plan.target);
+        tell(state, pid, &plan.target, "ws.join", lifecycle(pid, plan, vec![]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_send_payloads_become_raw_frames() {
+        let t = Value::record([("type", Value::str("text")), ("data", Value::str("{\"a\":1}"))]);
+        assert!(matches!(raw_frame(t), WsMessage::Text(s) if s.as_str() == "{\"a\":1}"));
+        assert!(matches!(raw_frame(Value::str("hi")), WsMessage::Text(s) if s.as_str() == "hi"));
+        let b = Value::record([("type", Value::str("binary")), ("data", Value::str(vec![0u8, 1]))]);
+        assert!(matches!(raw_frame(b), WsMessage::Binary(_)));
+    }
+
+    #[test]
+    fn other_topics_are_wrapped() {
+        let m = Message { from: None, topic: Arc::from("alert"), payloads: vec![Value::Int(3)] };
+        match outbound(m) {
+            Outbound::Frame(WsMessage::Text(t)) => assert_eq!(t.as_str(), r#"{"topic":"alert","data":3}"#),
+            _ => panic!("expected a text frame"),
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "localhost:8081".parse().unwrap());
+        let none = WsRelayOptions { allowed_origins: None };
+        assert!(origin_allowed(&none, &h));
+        h.insert("origin", "http://localhost:8081".parse().unwrap());
+        assert!(origin_allowed(&none, &h));
+        h.insert("origin", "http://evil.com".parse().unwrap());
+        assert!(!origin_allowed(&none, &h));
+        let star = WsRelayOptions { allowed_origins: Some(vec!["*".into()]) };
+        assert!(origin_allowed(&star, &h));
+        let glob = WsRelayOptions { allowed_origins: Some(vec!["*.example.com".into()]) };
+        h.insert("origin", "https://app.example.com".parse().unwrap());
+        assert!(origin_allowed(&glob, &h));
+    }
+}

@@ -1,0 +1,443 @@
+//! Process-local Go-style channels (§4) and `channel.select`, plus the timer-fed channels behind
+//! `time.after/timer/ticker`. The inbox and events channels are ordinary channels that the
+//! process's mailbox pump fills.
+
+use crate::lua::context::{self, ProcCtx};
+use crate::process::pid::{Event, Message};
+use mlua::{AnyUserData, Lua, UserData, UserDataMethods};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+/// What a channel buffers. Mailbox items stay owned until a receiver turns them into Lua values.
+pub enum Item {
+    Lua(mlua::Value),
+    Value(crate::process::value::Value),
+    Message(Message),
+    Event(Event),
+    Time(SystemTime),
+}
+
+#[derive(Default)]
+struct State {
+    buf: VecDeque<Item>,
+    closed: bool,
+    /// Count of items taken, so an unbuffered sender knows its handoff happened.
+    taken: u64,
+    pushed: u64,
+    wakers: Vec<Waker>,
+}
+
+pub struct ChanCore {
+    /// `None` = unbounded (mailbox-fed); `Some(0)` = rendezvous.
+    capacity: Option<usize>,
+    state: RefCell<State>,
+}
+
+impl ChanCore {
+    pub fn new(capacity: Option<usize>) -> Rc<ChanCore> {
+        Rc::new(ChanCore {
+            capacity,
+            state: RefCell::new(State::default()),
+        })
+    }
+
+    fn wake_all(&self) {
+        let wakers = std::mem::take(&mut self.state.borrow_mut().wakers);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut st = self.state.borrow_mut();
+        if !st.wakers.iter().any(|w| w.will_wake(waker)) {
+            st.wakers.push(waker.clone());
+        }
+    }
+
+    /// Unconditional push (mailbox pump, timers). Returns the item back if closed.
+    pub fn push(&self, item: Item) {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.closed {
+                return;
+            }
+            st.buf.push_back(item);
+            st.pushed += 1;
+        }
+        self.wake_all();
+    }
+
+    /// Push only if the buffer has room (tickers drop unread ticks).
+    pub fn offer(&self, item: Item) -> bool {
+        let full = {
+            let st = self.state.borrow();
+            st.closed || self.capacity.is_some_and(|c| st.buf.len() >= c.max(1))
+        };
+        if !full {
+            self.push(item);
+        }
+        !full
+    }
+
+    fn can_send(&self) -> bool {
+        let st = self.state.borrow();
+        match self.capacity {
+            None => true,
+            Some(c) => st.buf.len() < c.max(1),
+        }
+    }
+
+    /// `Some(Some(item))` ready, `Some(None)` closed and drained, `None` would block.
+    fn try_take(&self) -> Option<Option<Item>> {
+        let mut st = self.state.borrow_mut();
+        match st.buf.pop_front() {
+            Some(item) => {
+                st.taken += 1;
+                drop(st);
+                self.wake_all();
+                Some(Some(item))
+            }
+            None if st.closed => Some(None),
+            None => None,
+        }
+    }
+
+    pub fn close(&self) {
+        self.state.borrow_mut().closed = true;
+        self.wake_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.borrow().closed
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.borrow().buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub async fn send(&self, item: Item) -> Result<(), ()> {
+        let ticket = poll_fn(|cx| {
+            if self.is_closed() {
+                return Poll::Ready(Err(()));
+            }
+            if self.can_send() {
+                let mut st = self.state.borrow_mut();
+                st.buf.push_back(Item::Lua(mlua::Value::Nil));
+                st.pushed += 1;
+                return Poll::Ready(Ok(st.pushed));
+            }
+            self.register(cx.waker());
+            Poll::Pending
+        })
+        .await?;
+        // Replace the placeholder with the real item (no await between, so no one saw it).
+        if let Some(slot) = self.state.borrow_mut().buf.back_mut() {
+            *slot = item;
+        }
+        self.wake_all();
+        if self.capacity == Some(0) {
+            // Rendezvous: wait until a receiver has taken our item (or the channel closed).
+            poll_fn(|cx| {
+                let st = self.state.borrow();
+                if st.taken >= ticket {
+                    return Poll::Ready(Ok(()));
+                }
+                if st.closed {
+                    return Poll::Ready(Err(()));
+                }
+                drop(st);
+                self.register(cx.waker());
+                Poll::Pending
+            })
+            .await
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn receive(&self) -> Option<Item> {
+        poll_fn(|cx| match self.try_take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                self.register(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The Lua-visible channel object.
+#[derive(Clone)]
+pub struct Channel(pub Rc<ChanCore>);
+
+/// A `case_send` / `case_receive` for `channel.select`.
+pub struct Case {
+    channel: AnyUserData,
+    core: Rc<ChanCore>,
+    send: Option<mlua::Value>,
+}
+
+impl UserData for Case {}
+
+impl UserData for Channel {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_async_method("send", |_, this, v: mlua::Value| async move {
+            this.0
+                .send(Item::Lua(v))
+                .await
+                .map_err(|_| mlua::Error::runtime("send on closed channel"))?;
+            Ok(true)
+        });
+        methods.add_async_method("receive", |lua, this, ()| async move {
+            match this.0.receive().await {
+                Some(item) => Ok((item_to_lua(&lua, item)?, true)),
+                None => Ok((mlua::Value::Nil, false)),
+            }
+        });
+        methods.add_method("close", |_, this, ()| {
+            this.0.close();
+            Ok(())
+        });
+        methods.add_function("case_send", |_, (ud, v): (AnyUserData, mlua::Value)| {
+            let core = ud.borrow::<Channel>()?.0.clone();
+            Ok(Case {
+                channel: ud,
+                core,
+                send: Some(v),
+            })
+        });
+        methods.add_function("case_receive", |_, ud: AnyUserData| {
+            let core = ud.borrow::<Channel>()?.0.clone();
+            Ok(Case {
+                channel: ud,
+                core,
+                send: None,
+            })
+        });
+        methods.add_method("len", |_, this, ()| Ok(this.0.len()));
+    }
+}
+
+/// Converts a buffered item into what scripts receive.
+pub fn item_to_lua(lua: &Lua, item: Item) -> mlua::Result<mlua::Value> {
+    match item {
+        Item::Lua(v) => Ok(v),
+        Item::Value(v) => crate::lua::convert::to_lua(lua, &v),
+        Item::Message(m) => crate::lua::modules::process::message_to_lua(lua, m),
+        Item::Event(e) => crate::lua::modules::process::event_to_lua(lua, &e),
+        Item::Time(t) => crate::lua::modules::time::time_value(lua, crate::lua::modules::time::LuaTime::from_system(t)),
+    }
+}
+
+async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
+    let has_default: bool = cases.get::<Option<bool>>("default")?.unwrap_or(false);
+    let mut list: Vec<(AnyUserData, Rc<ChanCore>, Option<mlua::Value>)> = Vec::new();
+    for v in cases.sequence_values::<AnyUserData>() {
+        let ud = v?;
+        let case = ud.borrow::<Case>()?;
+        list.push((case.channel.clone(), case.core.clone(), case.send.clone()));
+    }
+    if list.is_empty() && !has_default {
+        return Err(mlua::Error::runtime("channel.select: no cases"));
+    }
+    let start = if list.len() > 1 { rand::random::<usize>() % list.len() } else { 0 };
+    let ready = poll_fn(|cx| {
+        for i in 0..list.len() {
+            let idx = (start + i) % list.len();
+            let (_, core, send) = &list[idx];
+            match send {
+                Some(_) => {
+                    if core.is_closed() || core.can_send() {
+                        return Poll::Ready(Some((idx, None)));
+                    }
+                }
+                None => {
+                    if let Some(r) = core.try_take() {
+                        return Poll::Ready(Some((idx, Some(r))));
+                    }
+                }
+            }
+        }
+        if has_default {
+            return Poll::Ready(None);
+        }
+        for (_, core, _) in &list {
+            core.register(cx.waker());
+        }
+        Poll::Pending
+    })
+    .await;
+    let result = lua.create_table()?;
+    match ready {
+        None => {
+            result.set("default", true)?;
+            result.set("ok", true)?;
+        }
+        Some((idx, received)) => {
+            let (ud, core, send) = &list[idx];
+            result.set("channel", ud.clone())?;
+            match received {
+                Some(Some(item)) => {
+                    result.set("value", item_to_lua(&lua, item)?)?;
+                    result.set("ok", true)?;
+                }
+                Some(None) => result.set("ok", false)?,
+                None => {
+                    if core.is_closed() {
+                        return Err(mlua::Error::runtime("send on closed channel"));
+                    }
+                    core.push(Item::Lua(send.clone().unwrap_or(mlua::Value::Nil)));
+                    result.set("ok", true)?;
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// The `channel` global.
+pub fn register(lua: &Lua, globals: &mlua::Table) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    t.set(
+        "new",
+        lua.create_function(|_, size: Option<i64>| {
+            let size = size.unwrap_or(0);
+            if size < 0 {
+                return Err(mlua::Error::runtime("channel.new: negative size"));
+            }
+            Ok(Channel(ChanCore::new(Some(size as usize))))
+        })?,
+    )?;
+    t.set("select", lua.create_async_function(select)?)?;
+    globals.set("channel", crate::lua::sandbox::read_only(lua, t)?)?;
+    Ok(())
+}
+
+/// Timer-backed channels for the `time` module: `sleep`, `after`, `timer`, `ticker`.
+pub fn register_time_async(lua: &Lua, time: &mlua::Table) -> mlua::Result<()> {
+    time.set(
+        "sleep",
+        lua.create_async_function(|lua, d: mlua::Value| async move {
+            let d = match crate::lua::modules::time::duration_arg(&d) {
+                Ok(d) => d,
+                Err(e) => return crate::lua::errors::fail(&lua, crate::process::value::ErrorKind::Invalid, e),
+            };
+            tokio::time::sleep(d).await;
+            crate::lua::errors::ok(&lua, true)
+        })?,
+    )?;
+    time.set(
+        "after",
+        lua.create_function(|lua, d: mlua::Value| {
+            let d = positive_duration(&d)?;
+            let core = ChanCore::new(Some(1));
+            spawn_timer(core.clone(), d, None);
+            let _ = lua;
+            Ok(Channel(core))
+        })?,
+    )?;
+    time.set(
+        "timer",
+        lua.create_function(|lua, d: mlua::Value| match positive_duration(&d) {
+            Ok(d) => {
+                let core = ChanCore::new(Some(1));
+                let task = spawn_timer(core.clone(), d, None);
+                crate::lua::errors::ok(lua, Timer { core, task: RefCell::new(Some(task)) })
+            }
+            Err(e) => crate::lua::errors::fail(lua, crate::process::value::ErrorKind::Invalid, e.to_string()),
+        })?,
+    )?;
+    time.set(
+        "ticker",
+        lua.create_function(|lua, d: mlua::Value| match positive_duration(&d) {
+            Ok(d) => {
+                let core = ChanCore::new(Some(1));
+                let task = spawn_timer(core.clone(), d, Some(d));
+                crate::lua::errors::ok(lua, Timer { core, task: RefCell::new(Some(task)) })
+            }
+            Err(e) => crate::lua::errors::fail(lua, crate::process::value::ErrorKind::Invalid, e.to_string()),
+        })?,
+    )?;
+    Ok(())
+}
+
+fn positive_duration(v: &mlua::Value) -> mlua::Result<Duration> {
+    let d = crate::lua::modules::time::duration_arg(v).map_err(mlua::Error::runtime)?;
+    if d.is_zero() {
+        return Err(mlua::Error::runtime("duration must be positive"));
+    }
+    Ok(d)
+}
+
+/// Spawns the timer task on this worker; it dies with the owning process.
+fn spawn_timer(core: Rc<ChanCore>, first: Duration, period: Option<Duration>) -> tokio::task::AbortHandle {
+    let weak = Rc::downgrade(&core);
+    let handle = tokio::task::spawn_local(async move {
+        match period {
+            None => {
+                tokio::time::sleep(first).await;
+                if let Some(c) = weak.upgrade() {
+                    c.offer(Item::Time(SystemTime::now()));
+                }
+            }
+            Some(p) => {
+                let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + first, p);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    interval.tick().await;
+                    match weak.upgrade() {
+                        Some(c) => {
+                            c.offer(Item::Time(SystemTime::now()));
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+    })
+    .abort_handle();
+    context::with_current(|ctx: &ProcCtx| ctx.own_task(handle.clone()));
+    handle
+}
+
+/// `time.timer` / `time.ticker` objects.
+pub struct Timer {
+    core: Rc<ChanCore>,
+    task: RefCell<Option<tokio::task::AbortHandle>>,
+}
+
+impl UserData for Timer {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("response", |_, this, ()| Ok(Channel(this.core.clone())));
+        methods.add_method("channel", |_, this, ()| Ok(Channel(this.core.clone())));
+        methods.add_method("stop", |_, this, ()| {
+            let was_running = this
+                .task
+                .borrow_mut()
+                .take()
+                .map(|t| {
+                    let running = !t.is_finished();
+                    t.abort();
+                    running
+                })
+                .unwrap_or(false);
+            Ok(was_running)
+        });
+        methods.add_method("reset", |_, this, d: mlua::Value| {
+            let d = positive_duration(&d)?;
+            if let Some(t) = this.task.borrow_mut().take() {
+                t.abort();
+            }
+            *this.task.borrow_mut() = Some(spawn_timer(this.core.clone(), d, None));
+            Ok(true)
+        });
+    }
+}

@@ -1,0 +1,264 @@
+//! The running process or request on this worker thread, as the module bindings see it.
+//!
+//! A worker runs one Lua coroutine at a time; the process future installs its context before
+//! each poll, so bindings find "who am I" without per-process closures.
+
+use crate::lua::channel::{ChanCore, Item};
+use crate::lua::compile::CompiledCode;
+use crate::process::pid::{Event, ExitResult, Pid, Signal};
+use crate::process::table::ProcessEntry;
+use crate::registry::kinds::EntryId;
+use crate::runtime::Node;
+use crate::security::SecurityContext;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Default, Debug)]
+pub struct ProcOptions {
+    pub trap_links: bool,
+    pub upgradable: bool,
+}
+
+pub struct Listener {
+    pub pattern: String,
+    pub core: Rc<ChanCore>,
+    /// Deliver Message objects instead of raw payload values.
+    pub as_message: bool,
+}
+
+/// One running process (or one HTTP handler call, with an ephemeral pid).
+pub struct ProcCtx {
+    pub node: Arc<Node>,
+    pub proc: Arc<ProcessEntry>,
+    pub code: Arc<CompiledCode>,
+    pub security: RefCell<Arc<SecurityContext>>,
+    pub inbox: Rc<ChanCore>,
+    pub events: Rc<ChanCore>,
+    pub inbox_ud: RefCell<Option<mlua::AnyUserData>>,
+    pub events_ud: RefCell<Option<mlua::AnyUserData>>,
+    pub listeners: RefCell<Vec<Listener>>,
+    pub options: Cell<ProcOptions>,
+    tasks: RefCell<Vec<tokio::task::AbortHandle>>,
+    /// When the current poll started (the preemption hook measures from here).
+    pub slice_start: Cell<Instant>,
+    /// The Lua thread being polled now: the only one the hook may yield.
+    pub running_thread: Cell<*const std::ffi::c_void>,
+    pub kill: RefCell<Option<String>>,
+    /// Set for `function.lua` calls made by the HTTP server.
+    pub http: Option<Rc<crate::lua::modules::http::HttpFrame>>,
+    /// A pending `process.upgrade` request: (entry, args).
+    pub upgrade: RefCell<Option<(EntryId, Vec<crate::process::value::Value>)>>,
+}
+
+impl ProcCtx {
+    pub fn new(
+        node: Arc<Node>,
+        proc: Arc<ProcessEntry>,
+        code: Arc<CompiledCode>,
+        security: Arc<SecurityContext>,
+        http: Option<Rc<crate::lua::modules::http::HttpFrame>>,
+    ) -> Rc<ProcCtx> {
+        Rc::new(ProcCtx {
+            node,
+            proc,
+            code,
+            security: RefCell::new(security),
+            inbox: ChanCore::new(None),
+            events: ChanCore::new(None),
+            inbox_ud: RefCell::new(None),
+            events_ud: RefCell::new(None),
+            listeners: RefCell::new(Vec::new()),
+            options: Cell::new(ProcOptions::default()),
+            tasks: RefCell::new(Vec::new()),
+            slice_start: Cell::new(Instant::now()),
+            running_thread: Cell::new(std::ptr::null()),
+            kill: RefCell::new(None),
+            http,
+            upgrade: RefCell::new(None),
+        })
+    }
+
+    /// The same process continuing on new code (`process.upgrade`): pid, mailbox, queued
+    /// messages and security context carry over; options, listeners and channels do not.
+    pub fn upgraded(old: &Rc<ProcCtx>, code: Arc<CompiledCode>) -> Rc<ProcCtx> {
+        Rc::new(ProcCtx {
+            node: old.node.clone(),
+            proc: old.proc.clone(),
+            code,
+            security: RefCell::new(old.security.borrow().clone()),
+            inbox: old.inbox.clone(),
+            events: old.events.clone(),
+            inbox_ud: RefCell::new(None),
+            events_ud: RefCell::new(None),
+            listeners: RefCell::new(Vec::new()),
+            options: Cell::new(ProcOptions::default()),
+            tasks: RefCell::new(Vec::new()),
+            slice_start: Cell::new(Instant::now()),
+            running_thread: Cell::new(std::ptr::null()),
+            kill: RefCell::new(None),
+            http: None,
+            upgrade: RefCell::new(None),
+        })
+    }
+
+    pub fn pid(&self) -> &Pid {
+        &self.proc.pid
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.code.entry.namespace
+    }
+
+    /// Ties a helper task (timer, spawned coroutine) to this process's lifetime.
+    pub fn own_task(&self, handle: tokio::task::AbortHandle) {
+        let mut tasks = self.tasks.borrow_mut();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    pub fn abort_tasks(&self) {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Moves everything from the mailbox into the process's channels. A link failure kills the
+    /// process unless it traps links.
+    pub fn pump(&self) {
+        if let Some(reason) = self.proc.mailbox.kill_reason() {
+            self.kill.borrow_mut().get_or_insert(reason);
+        }
+        while let Some(signal) = self.proc.mailbox.pop() {
+            match signal {
+                Signal::Message(msg) => self.route(msg),
+                Signal::Event(Event::LinkDown { from, error }) => {
+                    if self.options.get().trap_links {
+                        self.events.push(Item::Event(Event::LinkDown { from, error }));
+                    } else {
+                        self.kill
+                            .borrow_mut()
+                            .get_or_insert_with(|| "linked process failed".to_string());
+                    }
+                }
+                Signal::Event(ev) => self.events.push(Item::Event(ev)),
+            }
+        }
+    }
+
+    fn route(&self, msg: crate::process::pid::Message) {
+        let listeners = self.listeners.borrow();
+        for l in listeners.iter() {
+            if topic_matches(&l.pattern, &msg.topic) {
+                if l.as_message {
+                    l.core.push(Item::Message(msg));
+                } else {
+                    let v = msg.payloads.into_iter().next().unwrap_or(crate::process::value::Value::Nil);
+                    l.core.push(Item::Value(v));
+                }
+                return;
+            }
+        }
+        drop(listeners);
+        self.inbox.push(Item::Message(msg));
+    }
+
+    pub fn exit_result_event(from: Pid, result: ExitResult) -> Event {
+        Event::Exit { from, result }
+    }
+}
+
+/// Glob match for `listen` topics: `*` matches any run of characters.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    crate::lua::modules::process::glob(pattern, topic)
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<ProcCtx>>> = const { RefCell::new(None) };
+}
+
+/// Installs `ctx` as current for the duration of `f` (one poll of its coroutine).
+pub fn enter<R>(ctx: &Rc<ProcCtx>, f: impl FnOnce() -> R) -> R {
+    let prev = CURRENT.with(|c| c.replace(Some(ctx.clone())));
+    struct Restore(Option<Rc<ProcCtx>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+pub fn current() -> Option<Rc<ProcCtx>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Runs `f` with the current context, if there is one.
+pub fn with_current<R>(f: impl FnOnce(&ProcCtx) -> R) -> Option<R> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|ctx| f(ctx)))
+}
+
+/// The current context or a Lua error (bindings that make no sense outside a process).
+pub fn require_current() -> mlua::Result<Rc<ProcCtx>> {
+    current().ok_or_else(|| mlua::Error::runtime("not running inside a process"))
+}
+
+/// `(pid, entry id)` of the code running now, for log lines.
+pub fn current_labels() -> Option<(String, String)> {
+    with_current(|c| (c.pid().to_string(), c.code.entry.to_string()))
+}
+
+/// Runtime permission check in the current security context (§7.3).
+pub fn allowed(action: &str, resource: &str) -> bool {
+    allowed_with_meta(action, resource, &serde_json::Value::Null)
+}
+
+pub fn allowed_with_meta(action: &str, resource: &str, meta: &serde_json::Value) -> bool {
+    with_current(|c| {
+        let meta = if meta.is_null() {
+            serde_json::json!({"pid": c.pid().to_string()})
+        } else {
+            meta.clone()
+        };
+        c.security.borrow().allowed(action, resource, &meta, c.node.strict_mode)
+    })
+    .unwrap_or(true)
+}
+
+/// The running SQLite database entry `id`, if any.
+pub fn lookup_db(id: &EntryId) -> Option<Arc<crate::store::sqlite::Sqlite>> {
+    with_current(|c| c.node.db(id)).flatten()
+}
+
+/// The namespace of the entry whose code is running (bare references resolve in it).
+pub fn current_namespace() -> String {
+    with_current(|c| c.namespace().to_string()).unwrap_or_default()
+}
+
+/// The security context (actor, scope) of the code running now.
+pub fn security() -> Arc<SecurityContext> {
+    with_current(|c| c.security.borrow().clone()).unwrap_or_default()
+}
+
+/// Policies and groups of the current registry.
+pub fn policies() -> Arc<crate::security::PolicySet> {
+    with_current(|c| c.node.snapshot().policies.clone()).unwrap_or_default()
+}
+
+/// Whether strict mode is on (§7.1).
+pub fn strict_mode() -> bool {
+    with_current(|c| c.node.strict_mode).unwrap_or(false)
+}
+
+/// The running `security.token_store` entry `id`, if any.
+pub fn lookup_token_store(id: &EntryId) -> Option<Arc<crate::security::token::TokenStore>> {
+    with_current(|c| c.node.token_store(id)).flatten()
+}
+
+/// The running `store.memory` entry `id`, if any.
+pub fn lookup_memory_store(id: &EntryId) -> Option<Arc<crate::store::memory::MemoryStore>> {
+    with_current(|c| c.node.memory_store(id)).flatten()
+}

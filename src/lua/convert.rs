@@ -1,0 +1,137 @@
+//! Deep copy between Lua values and owned `Value`s (§2.4): the only way data leaves a process.
+
+use crate::lua::errors::{as_error_value, LuaError};
+use crate::process::value::{ErrorKind, ErrorValue, Table, Value};
+use bytes::Bytes;
+use mlua::Lua;
+use std::sync::Arc;
+
+const MAX_DEPTH: usize = 128;
+
+/// Lua → owned. Functions, threads, channels and other userdata are `INVALID`, as are cycles.
+pub fn from_lua(v: &mlua::Value) -> Result<Value, ErrorValue> {
+    let mut stack = Vec::new();
+    copy_in(v, &mut stack)
+}
+
+fn copy_in(v: &mlua::Value, stack: &mut Vec<*const std::ffi::c_void>) -> Result<Value, ErrorValue> {
+    Ok(match v {
+        mlua::Value::Nil => Value::Nil,
+        mlua::Value::Boolean(b) => Value::Bool(*b),
+        mlua::Value::Integer(i) => Value::Int(*i),
+        mlua::Value::Number(n) => Value::Float(*n),
+        mlua::Value::String(s) => Value::Str(Bytes::copy_from_slice(&s.as_bytes())),
+        mlua::Value::Table(t) => {
+            let ptr = t.to_pointer();
+            if stack.contains(&ptr) {
+                return Err(ErrorValue::new(ErrorKind::Invalid, "cannot copy a table with cycles"));
+            }
+            if stack.len() >= MAX_DEPTH {
+                return Err(ErrorValue::new(ErrorKind::Invalid, "table nested too deeply"));
+            }
+            stack.push(ptr);
+            let len = t.raw_len();
+            let mut array = Vec::with_capacity(len);
+            for i in 1..=len {
+                let item: mlua::Value = t.raw_get(i).map_err(internal)?;
+                array.push(copy_in(&item, stack)?);
+            }
+            let mut map = Vec::new();
+            for pair in t.pairs::<mlua::Value, mlua::Value>() {
+                let (k, val) = pair.map_err(internal)?;
+                if let mlua::Value::Integer(i) = k {
+                    if i >= 1 && (i as usize) <= len {
+                        continue;
+                    }
+                }
+                map.push((copy_in(&k, stack)?, copy_in(&val, stack)?));
+            }
+            stack.pop();
+            Value::Table(Arc::new(Table { array, map }))
+        }
+        mlua::Value::UserData(_) => match as_error_value(v) {
+            Some(e) => Value::Error(e),
+            None => return Err(invalid_type("userdata")),
+        },
+        mlua::Value::Function(_) => return Err(invalid_type("function")),
+        mlua::Value::Thread(_) => return Err(invalid_type("thread")),
+        other => return Err(invalid_type(other.type_name())),
+    })
+}
+
+fn invalid_type(name: &str) -> ErrorValue {
+    ErrorValue::new(ErrorKind::Invalid, format!("cannot send a {name} to another process"))
+}
+
+fn internal(e: mlua::Error) -> ErrorValue {
+    ErrorValue::new(ErrorKind::Internal, e.to_string())
+}
+
+/// Owned → Lua (a fresh copy every time).
+pub fn to_lua(lua: &Lua, v: &Value) -> mlua::Result<mlua::Value> {
+    Ok(match v {
+        Value::Nil => mlua::Value::Nil,
+        Value::Bool(b) => mlua::Value::Boolean(*b),
+        Value::Int(i) => mlua::Value::Integer(*i),
+        Value::Float(f) => mlua::Value::Number(*f),
+        Value::Str(b) => mlua::Value::String(lua.create_string(b)?),
+        Value::Table(t) => {
+            let table = lua.create_table_with_capacity(t.array.len(), t.map.len())?;
+            for (i, item) in t.array.iter().enumerate() {
+                table.raw_set(i + 1, to_lua(lua, item)?)?;
+            }
+            for (k, item) in &t.map {
+                table.raw_set(to_lua(lua, k)?, to_lua(lua, item)?)?;
+            }
+            mlua::Value::Table(table)
+        }
+        Value::Error(e) => mlua::Value::UserData(lua.create_userdata(LuaError(e.clone()))?),
+    })
+}
+
+/// JSON (serde) → Lua, used by registry `input` and JSON-shaped data.
+pub fn json_to_lua(lua: &Lua, j: &serde_json::Value) -> mlua::Result<mlua::Value> {
+    to_lua(lua, &Value::from_json(j))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_preserves_shape_and_numbers() {
+        let lua = Lua::new();
+        let v: mlua::Value = lua
+            .load(r#"return {1, 2.5, "x", nested = {a = true}, [10] = "sparse"}"#)
+            .eval()
+            .unwrap();
+        let owned = from_lua(&v).unwrap();
+        let back = to_lua(&lua, &owned).unwrap();
+        let t = back.as_table().unwrap();
+        assert_eq!(t.get::<mlua::Value>(1).unwrap(), mlua::Value::Integer(1));
+        assert_eq!(t.get::<f64>(2).unwrap(), 2.5);
+        assert_eq!(t.get::<String>(10).unwrap(), "sparse");
+        let nested: mlua::Table = t.get("nested").unwrap();
+        assert!(nested.get::<bool>("a").unwrap());
+    }
+
+    #[test]
+    fn functions_and_cycles_are_invalid() {
+        let lua = Lua::new();
+        let f: mlua::Value = lua.load("return {f = function() end}").eval().unwrap();
+        assert_eq!(from_lua(&f).unwrap_err().kind, ErrorKind::Invalid);
+        let c: mlua::Value = lua.load("local t = {} t.self = t return t").eval().unwrap();
+        assert_eq!(from_lua(&c).unwrap_err().kind, ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn copy_is_deep() {
+        let lua = Lua::new();
+        let v: mlua::Value = lua.load("return {inner = {n = 1}}").eval().unwrap();
+        let owned = from_lua(&v).unwrap();
+        v.as_table().unwrap().get::<mlua::Table>("inner").unwrap().set("n", 2).unwrap();
+        let back = to_lua(&lua, &owned).unwrap();
+        let n: i64 = back.as_table().unwrap().get::<mlua::Table>("inner").unwrap().get("n").unwrap();
+        assert_eq!(n, 1);
+    }
+}

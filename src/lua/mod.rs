@@ -1,0 +1,14 @@
+//! The only user of mlua: sandboxed per-worker Lua states, compiled-code cache, value copy,
+//! the process runner and the function (HTTP handler) runner, and the require-able modules.
+
+pub mod channel;
+pub mod compile;
+pub mod context;
+pub mod convert;
+pub mod coroutine;
+pub mod errors;
+pub mod function;
+pub mod modules;
+pub mod runner;
+pub mod sandbox;
+pub mod worker;

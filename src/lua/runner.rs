@@ -1,0 +1,311 @@
+//! Runs `process.lua` entries as green processes: one coroutine per process on its worker's
+//! Lua state, polled as a local task. Every exit path (return, error, kill, panic, drop) ends in
+//! `ProcessTable::exit`, so links and monitors always fire.
+
+use crate::lua::compile::CompiledCode;
+use crate::lua::context::{self, ProcCtx};
+use crate::lua::convert;
+use crate::lua::worker::worker_lua;
+use crate::process::pid::{ExitResult, Message, Pid};
+use crate::process::scheduler::panic_message;
+use crate::process::value::{ErrorKind, ErrorValue, Value};
+use crate::registry::kinds::EntryId;
+use crate::runtime::Node;
+use crate::security::SecurityContext;
+use mlua::{AsyncThread, ChunkMode, MultiValue};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Raised inside Lua by `process.upgrade` to unwind the old code; never seen by scripts.
+pub const UPGRADE_SENTINEL: &str = "\u{0}moonwire-upgrade";
+
+#[derive(Default)]
+pub struct SpawnOptions {
+    pub link_to: Option<Pid>,
+    pub monitor_by: Option<Pid>,
+    pub name: Option<String>,
+    pub messages: Vec<Message>,
+    pub on_exit: Option<tokio::sync::oneshot::Sender<ExitResult>>,
+}
+
+/// Starts a Lua process on `host`. Links, monitors and the name are in place before the
+/// process can run, so no exit is missed.
+pub fn spawn_process(
+    node: &Arc<Node>,
+    code: Arc<CompiledCode>,
+    host: &EntryId,
+    args: Vec<Value>,
+    security: Arc<SecurityContext>,
+    opts: SpawnOptions,
+) -> Result<Pid, ErrorValue> {
+    if !node.host_running(host) {
+        return Err(ErrorValue::new(
+            ErrorKind::Unavailable,
+            format!("process host {host} is not running"),
+        ));
+    }
+    let proc = node
+        .procs
+        .register(Arc::from(host.to_string()), Arc::from(code.entry.to_string()));
+    let pid = proc.pid.clone();
+    if let Some(name) = &opts.name {
+        if let Err(e) = node.procs.register_name(name, &pid) {
+            node.procs.exit(&pid, ExitResult::Error(e.to_string()));
+            return Err(ErrorValue::new(ErrorKind::AlreadyExists, e.to_string()));
+        }
+    }
+    if let Some(parent) = &opts.link_to {
+        node.procs.link(parent, &pid);
+    }
+    if let Some(watcher) = &opts.monitor_by {
+        node.procs.monitor(watcher, &pid);
+    }
+    for m in opts.messages {
+        proc.mailbox.push(crate::process::pid::Signal::Message(m));
+    }
+    let node2 = node.clone();
+    let on_exit = opts.on_exit;
+    node.scheduler.submit(Box::new(move || {
+        let ctx = ProcCtx::new(node2, proc, code, security, None);
+        tokio::task::spawn_local(run(ctx, args, on_exit));
+    }));
+    Ok(pid)
+}
+
+async fn run(
+    mut ctx: Rc<ProcCtx>,
+    mut args: Vec<Value>,
+    on_exit: Option<tokio::sync::oneshot::Sender<ExitResult>>,
+) {
+    let mut guard = ExitGuard {
+        node: ctx.node.clone(),
+        pid: ctx.pid().clone(),
+        done: false,
+    };
+    let result = loop {
+        let result = run_code(&ctx, std::mem::take(&mut args)).await;
+        ctx.abort_tasks();
+        let upgrade = ctx.upgrade.borrow_mut().take();
+        match upgrade {
+            Some((entry, new_args)) => match ctx.node.code(&entry).filter(|c| c.is_process) {
+                Some(code) => {
+                    tracing::info!(pid = %ctx.pid(), entry = %entry, "process upgraded");
+                    ctx = ProcCtx::upgraded(&ctx, code);
+                    args = new_args;
+                }
+                None => break ExitResult::Error(format!("upgrade failed: {entry} is not a process.lua entry")),
+            },
+            None => break result,
+        }
+    };
+    if let ExitResult::Error(e) = &result {
+        if e != "terminated" && !e.starts_with("service stopping") {
+            tracing::warn!(pid = %ctx.pid(), entry = %ctx.code.entry, error = %e, "process failed");
+        }
+    }
+    guard.done = true;
+    ctx.node.procs.exit(ctx.pid(), result.clone());
+    if let Some(tx) = on_exit {
+        let _ = tx.send(result);
+    }
+}
+
+/// Ends the process if its task is dropped without finishing (worker shutdown).
+struct ExitGuard {
+    node: Arc<Node>,
+    pid: Pid,
+    done: bool,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.node.procs.exit(&self.pid, ExitResult::Error("terminated".into()));
+        }
+    }
+}
+
+/// Instantiates the entry's chunk in a fresh `_ENV` and runs `method(args...)` to completion.
+pub(crate) async fn run_code(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> ExitResult {
+    let thread = match prepare(ctx, args) {
+        Ok(t) => t,
+        Err(e) => return ExitResult::Error(lua_error_message(&e)),
+    };
+    match (ProcTask {
+        ctx: ctx.clone(),
+        thread,
+        main: true,
+    })
+    .await
+    {
+        Ok(values) => result_from_returns(values),
+        Err(e) => {
+            if ctx.upgrade.borrow().is_some() {
+                return ExitResult::Error("upgrading".into());
+            }
+            if let Some(reason) = ctx.kill.borrow().clone() {
+                return ExitResult::Error(reason);
+            }
+            ExitResult::Error(lua_error_message(&e))
+        }
+    }
+}
+
+fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
+    let w = worker_lua();
+    let lua = &w.lua;
+    let env = w.new_env()?;
+    let chunk = lua
+        .load(&ctx.code.bytecode[..])
+        .set_mode(ChunkMode::Binary)
+        .set_name(format!("@{}", ctx.code.chunk_name))
+        .set_environment(env.clone())
+        .into_function()?;
+    let thread = lua.create_thread(w.bootstrap.clone())?;
+    let mut call_args = MultiValue::new();
+    call_args.push_back(mlua::Value::Function(chunk));
+    call_args.push_back(mlua::Value::Table(env));
+    call_args.push_back(mlua::Value::String(lua.create_string(&ctx.code.method)?));
+    for a in &args {
+        call_args.push_back(convert::to_lua(lua, a)?);
+    }
+    let ptr = thread.to_pointer();
+    Ok(LuaTask {
+        fut: thread.into_async(call_args)?,
+        ptr,
+    })
+}
+
+pub struct LuaTask {
+    fut: AsyncThread<MultiValue>,
+    ptr: *const std::ffi::c_void,
+}
+
+impl LuaTask {
+    /// An existing coroutine run as a task (for `coroutine.spawn`).
+    pub fn of_thread(thread: mlua::Thread) -> mlua::Result<LuaTask> {
+        let ptr = thread.to_pointer();
+        Ok(LuaTask {
+            fut: thread.into_async(())?,
+            ptr,
+        })
+    }
+}
+
+/// Polls one Lua coroutine of a process with the process context installed, pumping the
+/// mailbox first so messages, events and kills are seen.
+pub struct ProcTask {
+    pub ctx: Rc<ProcCtx>,
+    pub thread: LuaTask,
+    /// The main coroutine; only its end ends the process.
+    pub main: bool,
+}
+
+impl Future for ProcTask {
+    type Output = mlua::Result<MultiValue>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let ctx = this.ctx.clone();
+        ctx.pump();
+        if let Some(reason) = ctx.kill.borrow().clone() {
+            return Poll::Ready(Err(mlua::Error::runtime(reason)));
+        }
+        let fut = &mut this.thread.fut;
+        let ptr = this.thread.ptr;
+        let polled = context::enter(&ctx, || {
+            ctx.slice_start.set(std::time::Instant::now());
+            ctx.running_thread.set(ptr);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx)))
+        });
+        match polled {
+            Ok(Poll::Pending) => {
+                if !ctx.proc.mailbox.register(cx.waker()) {
+                    cx.waker().wake_by_ref();
+                }
+                if ctx.kill.borrow().is_some() {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+            Ok(ready) => ready,
+            Err(panic) => {
+                let msg = panic_message(&panic);
+                tracing::error!(pid = %ctx.pid(), entry = %ctx.code.entry, panic = %msg, "panic inside a process");
+                Poll::Ready(Err(mlua::Error::runtime(format!("panic: {msg}"))))
+            }
+        }
+    }
+}
+
+/// `return v` ⇒ success; `return v, err` with a non-nil err ⇒ failure.
+fn result_from_returns(values: MultiValue) -> ExitResult {
+    let mut it = values.into_iter();
+    let first = it.next().unwrap_or(mlua::Value::Nil);
+    let second = it.next().unwrap_or(mlua::Value::Nil);
+    match second {
+        mlua::Value::Nil | mlua::Value::Boolean(false) => {
+            ExitResult::Value(convert::from_lua(&first).unwrap_or(Value::Nil))
+        }
+        err => ExitResult::Error(value_message(&err)),
+    }
+}
+
+/// The text of an error value: error objects give their message, strings themselves.
+pub fn value_message(v: &mlua::Value) -> String {
+    if let Some(e) = crate::lua::errors::as_error_value(v) {
+        return e.message.clone();
+    }
+    match v {
+        mlua::Value::String(s) => s.to_string_lossy(),
+        other => other.to_string().unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+/// A Lua error as one line of text for EXIT results and logs (traceback dropped).
+pub fn lua_error_message(e: &mlua::Error) -> String {
+    let text = match e {
+        mlua::Error::CallbackError { cause, .. } => return lua_error_message(cause),
+        mlua::Error::WithContext { cause, .. } => return lua_error_message(cause),
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::ExternalError(ext) => ext.to_string(),
+        other => other.to_string(),
+    };
+    text.split("\nstack traceback:").next().unwrap_or_default().trim_end().to_string()
+}
+
+/// `require` of an `imports` alias: the imported entry's chunk, run once per worker state.
+pub fn load_import(ctx: &ProcCtx, target: &EntryId) -> mlua::Result<mlua::Table> {
+    let code = ctx
+        .node
+        .code(target)
+        .ok_or_else(|| mlua::Error::runtime(format!("import {target} not found")))?;
+    crate::lua::worker::worker_lua().import(&code)
+}
+
+/// Runs `id` to completion and returns its result (`process.exec`).
+pub async fn exec(
+    node: &Arc<Node>,
+    code: Arc<CompiledCode>,
+    host: &EntryId,
+    args: Vec<Value>,
+    security: Arc<SecurityContext>,
+) -> Result<ExitResult, ErrorValue> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawn_process(
+        node,
+        code,
+        host,
+        args,
+        security,
+        SpawnOptions {
+            on_exit: Some(tx),
+            ..Default::default()
+        },
+    )?;
+    rx.await
+        .map_err(|_| ErrorValue::new(ErrorKind::Internal, "process vanished"))
+}

@@ -1,0 +1,367 @@
+//! The process table: live processes by id, the name registry, monitors and links, and the exit
+//! protocol that notifies them. Every exit path (return, error, terminate, panic) ends in `exit`.
+
+use crate::process::mailbox::Mailbox;
+use crate::process::pid::{Event, ExitResult, Message, Pid, Signal};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+const SHARDS: usize = 16;
+
+pub struct ProcessEntry {
+    pub pid: Pid,
+    pub mailbox: Arc<Mailbox>,
+    /// The registry entry that runs in this process (`app:ticker`), or a kind label.
+    pub entry: Arc<str>,
+    relations: Mutex<Relations>,
+}
+
+#[derive(Default)]
+struct Relations {
+    /// Who monitors this process (gets EXIT).
+    monitors: Vec<Pid>,
+    links: Vec<Pid>,
+    names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("process not found")]
+    NotFound,
+    #[error("name already registered")]
+    AlreadyExists,
+}
+
+/// Counters the metrics endpoint reads.
+#[derive(Default)]
+pub struct ProcessStats {
+    pub spawned: AtomicU64,
+    pub exited: AtomicU64,
+    pub alive: AtomicUsize,
+}
+
+pub struct ProcessTable {
+    shards: Vec<Mutex<HashMap<u64, Arc<ProcessEntry>>>>,
+    names: Mutex<HashMap<String, Pid>>,
+    next_id: AtomicU64,
+    pub stats: ProcessStats,
+}
+
+impl Default for ProcessTable {
+    fn default() -> Self {
+        ProcessTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            names: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stats: ProcessStats::default(),
+        }
+    }
+}
+
+impl ProcessTable {
+    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<ProcessEntry>>> {
+        &self.shards[(id as usize) % SHARDS]
+    }
+
+    /// Allocates a pid and a mailbox; the process is live (addressable) from here on.
+    pub fn register(&self, host: Arc<str>, entry: Arc<str>) -> Arc<ProcessEntry> {
+        self.register_with(host, entry, Mailbox::default())
+    }
+
+    pub fn register_with(&self, host: Arc<str>, entry: Arc<str>, mailbox: Mailbox) -> Arc<ProcessEntry> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let proc = Arc::new(ProcessEntry {
+            pid: Pid::new(id, host),
+            mailbox: Arc::new(mailbox),
+            entry,
+            relations: Mutex::new(Relations::default()),
+        });
+        self.shard(id)
+            .lock()
+            .expect("process table lock")
+            .insert(id, proc.clone());
+        self.stats.spawned.fetch_add(1, Ordering::Relaxed);
+        self.stats.alive.fetch_add(1, Ordering::Relaxed);
+        proc
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ProcessEntry>> {
+        self.shard(id)
+            .lock()
+            .expect("process table lock")
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn alive(&self) -> usize {
+        self.stats.alive.load(Ordering::Relaxed)
+    }
+
+    /// Resolves a destination: a PID string or a registered name.
+    pub fn resolve(&self, dest: &str) -> Option<Pid> {
+        if dest.starts_with('{') {
+            let id = Pid::parse_id(dest)?;
+            return Some(match self.get(id) {
+                Some(p) => p.pid.clone(),
+                // A well-formed dead pid is still a pid: sends to it are dropped.
+                None => Pid::new(id, Arc::from(host_of(dest))),
+            });
+        }
+        self.lookup(dest)
+    }
+
+    /// Queues a message; `false` if the target is gone (the message is dropped).
+    pub fn send(&self, to: &Pid, msg: Message) -> bool {
+        match self.get(to.id()) {
+            Some(p) => p.mailbox.push(Signal::Message(msg)),
+            None => false,
+        }
+    }
+
+    pub fn send_event(&self, to: &Pid, event: Event) -> bool {
+        match self.get(to.id()) {
+            Some(p) => p.mailbox.push(Signal::Event(event)),
+            None => false,
+        }
+    }
+
+    /// `watcher` gets EXIT when `target` ends; a dead target answers at once.
+    pub fn monitor(&self, watcher: &Pid, target: &Pid) {
+        match self.get(target.id()) {
+            Some(p) => {
+                let mut rel = p.relations.lock().expect("relations lock");
+                if !rel.monitors.contains(watcher) {
+                    rel.monitors.push(watcher.clone());
+                }
+            }
+            None => {
+                self.send_event(
+                    watcher,
+                    Event::Exit {
+                        from: target.clone(),
+                        result: ExitResult::Error("process not found".into()),
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn demonitor(&self, watcher: &Pid, target: &Pid) {
+        if let Some(p) = self.get(target.id()) {
+            p.relations
+                .lock()
+                .expect("relations lock")
+                .monitors
+                .retain(|w| w != watcher);
+        }
+    }
+
+    /// Links both ways. Linking to a dead process behaves as if it had just failed.
+    pub fn link(&self, a: &Pid, b: &Pid) {
+        if a == b {
+            return;
+        }
+        let (Some(pa), Some(pb)) = (self.get(a.id()), self.get(b.id())) else {
+            self.send_event(
+                a,
+                Event::LinkDown {
+                    from: b.clone(),
+                    error: "process not found".into(),
+                },
+            );
+            return;
+        };
+        for (p, other) in [(&pa, b), (&pb, a)] {
+            let mut rel = p.relations.lock().expect("relations lock");
+            if !rel.links.contains(other) {
+                rel.links.push(other.clone());
+            }
+        }
+    }
+
+    pub fn unlink(&self, a: &Pid, b: &Pid) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(p) = self.get(x.id()) {
+                p.relations
+                    .lock()
+                    .expect("relations lock")
+                    .links
+                    .retain(|l| l != y);
+            }
+        }
+    }
+
+    /// Registers `name` for `pid`; idempotent for the same pid.
+    pub fn register_name(&self, name: &str, pid: &Pid) -> Result<(), TableError> {
+        let proc = self.get(pid.id()).ok_or(TableError::NotFound)?;
+        let mut names = self.names.lock().expect("names lock");
+        if let Some(holder) = names.get(name) {
+            if holder == pid {
+                return Ok(());
+            }
+            if self.get(holder.id()).is_some() {
+                return Err(TableError::AlreadyExists);
+            }
+        }
+        names.insert(name.to_string(), pid.clone());
+        proc.relations
+            .lock()
+            .expect("relations lock")
+            .names
+            .push(name.to_string());
+        Ok(())
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<Pid> {
+        self.names.lock().expect("names lock").get(name).cloned()
+    }
+
+    pub fn unregister_name(&self, name: &str) -> bool {
+        let removed = self.names.lock().expect("names lock").remove(name);
+        if let Some(pid) = &removed {
+            if let Some(p) = self.get(pid.id()) {
+                p.relations
+                    .lock()
+                    .expect("relations lock")
+                    .names
+                    .retain(|n| n != name);
+            }
+        }
+        removed.is_some()
+    }
+
+    /// Ends a process: removes it, releases its names, closes its mailbox, and notifies
+    /// monitors (EXIT) and, on an abnormal exit, linked processes (LINK_DOWN). Idempotent.
+    pub fn exit(&self, pid: &Pid, result: ExitResult) {
+        let Some(proc) = self
+            .shard(pid.id())
+            .lock()
+            .expect("process table lock")
+            .remove(&pid.id())
+        else {
+            return;
+        };
+        self.stats.alive.fetch_sub(1, Ordering::Relaxed);
+        self.stats.exited.fetch_add(1, Ordering::Relaxed);
+        proc.mailbox.close();
+        let rel = std::mem::take(&mut *proc.relations.lock().expect("relations lock"));
+        if !rel.names.is_empty() {
+            let mut names = self.names.lock().expect("names lock");
+            for n in &rel.names {
+                if names.get(n) == Some(pid) {
+                    names.remove(n);
+                }
+            }
+        }
+        for watcher in &rel.monitors {
+            self.send_event(
+                watcher,
+                Event::Exit {
+                    from: pid.clone(),
+                    result: result.clone(),
+                },
+            );
+        }
+        for linked in &rel.links {
+            if let Some(p) = self.get(linked.id()) {
+                p.relations
+                    .lock()
+                    .expect("relations lock")
+                    .links
+                    .retain(|l| l != pid);
+                if let ExitResult::Error(error) = &result {
+                    p.mailbox.push(Signal::Event(Event::LinkDown {
+                        from: pid.clone(),
+                        error: error.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Every live pid (for shutdown).
+    pub fn all(&self) -> Vec<Arc<ProcessEntry>> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.lock().expect("process table lock").values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+fn host_of(pid: &str) -> &str {
+    pid.trim_start_matches('{')
+        .split('|')
+        .next()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with_two() -> (ProcessTable, Arc<ProcessEntry>, Arc<ProcessEntry>) {
+        let t = ProcessTable::default();
+        let a = t.register(Arc::from("h"), Arc::from("t:a"));
+        let b = t.register(Arc::from("h"), Arc::from("t:b"));
+        (t, a, b)
+    }
+
+    fn events(p: &ProcessEntry) -> Vec<Event> {
+        let mut v = Vec::new();
+        while let Some(Signal::Event(e)) = p.mailbox.pop() {
+            v.push(e);
+        }
+        v
+    }
+
+    #[test]
+    fn monitor_gets_exit_with_result() {
+        let (t, a, b) = table_with_two();
+        t.monitor(&a.pid, &b.pid);
+        t.exit(&b.pid, ExitResult::Value(crate::process::value::Value::Int(1)));
+        let ev = events(&a);
+        assert!(matches!(&ev[..], [Event::Exit { from, result: ExitResult::Value(_) }] if *from == b.pid));
+    }
+
+    #[test]
+    fn monitor_of_dead_pid_answers_at_once() {
+        let (t, a, b) = table_with_two();
+        t.exit(&b.pid, ExitResult::Error("x".into()));
+        t.monitor(&a.pid, &b.pid);
+        assert!(matches!(&events(&a)[..], [Event::Exit { result: ExitResult::Error(e), .. }] if e == "process not found"));
+    }
+
+    #[test]
+    fn links_fire_only_on_abnormal_exit() {
+        let (t, a, b) = table_with_two();
+        t.link(&a.pid, &b.pid);
+        t.exit(&b.pid, ExitResult::Value(crate::process::value::Value::Nil));
+        assert!(events(&a).is_empty());
+        let c = t.register(Arc::from("h"), Arc::from("t:c"));
+        t.link(&a.pid, &c.pid);
+        t.exit(&c.pid, ExitResult::Error("boom".into()));
+        assert!(matches!(&events(&a)[..], [Event::LinkDown { error, .. }] if error == "boom"));
+    }
+
+    #[test]
+    fn names_are_released_on_exit() {
+        let (t, a, b) = table_with_two();
+        t.register_name("svc", &a.pid).unwrap();
+        t.register_name("svc", &a.pid).unwrap();
+        assert_eq!(t.register_name("svc", &b.pid), Err(TableError::AlreadyExists));
+        t.exit(&a.pid, ExitResult::Value(crate::process::value::Value::Nil));
+        assert_eq!(t.lookup("svc"), None);
+        t.register_name("svc", &b.pid).unwrap();
+        assert_eq!(t.resolve("svc"), Some(b.pid.clone()));
+    }
+
+    #[test]
+    fn dead_pid_still_resolves_for_dropped_sends() {
+        let (t, a, _) = table_with_two();
+        let s = a.pid.to_string();
+        t.exit(&a.pid, ExitResult::Value(crate::process::value::Value::Nil));
+        let pid = t.resolve(&s).unwrap();
+        assert!(!t.send(&pid, Message { from: None, topic: Arc::from("x"), payloads: vec![] }));
+    }
+}

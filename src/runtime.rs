@@ -1,0 +1,381 @@
+//! The node: owns every started entry (stores, hosts, services, servers), the process table and
+//! the worker threads; starts entries in dependency order and stops them in reverse.
+
+use crate::lua::compile::CompiledCode;
+use crate::process::scheduler::Scheduler;
+use crate::process::table::ProcessTable;
+use crate::registry::kinds::EntryId;
+use crate::registry::Registry;
+use crate::security::token::TokenStore;
+use crate::security::{PolicySet, SecurityContext};
+use crate::store::memory::MemoryStore;
+use crate::store::sqlite::Sqlite;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// What the running code sees of the registry: entries, compiled code and policies, swapped
+/// whole on reload.
+pub struct Snapshot {
+    pub registry: Arc<Registry>,
+    pub code: HashMap<EntryId, Arc<CompiledCode>>,
+    pub policies: Arc<PolicySet>,
+}
+
+#[derive(Default)]
+pub struct Resources {
+    pub dbs: HashMap<EntryId, Arc<Sqlite>>,
+    pub memory_stores: HashMap<EntryId, Arc<MemoryStore>>,
+    pub token_stores: HashMap<EntryId, Arc<TokenStore>>,
+    pub running_hosts: HashSet<EntryId>,
+}
+
+pub struct Node {
+    pub procs: Arc<ProcessTable>,
+    pub scheduler: Arc<Scheduler>,
+    pub snapshot: RwLock<Arc<Snapshot>>,
+    pub resources: RwLock<Resources>,
+    pub project_root: PathBuf,
+    pub strict_mode: bool,
+}
+
+impl Node {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    pub fn code(&self, id: &EntryId) -> Option<Arc<CompiledCode>> {
+        self.snapshot().code.get(id).cloned()
+    }
+
+    pub fn host_running(&self, id: &EntryId) -> bool {
+        self.resources
+            .read()
+            .expect("resources lock")
+            .running_hosts
+            .contains(id)
+    }
+
+    pub fn db(&self, id: &EntryId) -> Option<Arc<Sqlite>> {
+        self.resources.read().expect("resources lock").dbs.get(id).cloned()
+    }
+
+    pub fn memory_store(&self, id: &EntryId) -> Option<Arc<MemoryStore>> {
+        self.resources
+            .read()
+            .expect("resources lock")
+            .memory_stores
+            .get(id)
+            .cloned()
+    }
+
+    pub fn token_store(&self, id: &EntryId) -> Option<Arc<TokenStore>> {
+        self.resources
+            .read()
+            .expect("resources lock")
+            .token_stores
+            .get(id)
+            .cloned()
+    }
+}
+
+use crate::http::middleware::cors::CorsConfig;
+use crate::http::middleware::token_auth::TokenAuth;
+use crate::http::router::{Chain, RouteTable, WsRelayOptions};
+use crate::http::server::{self, ServerConfig, ServerHandle};
+use crate::http::static_files::StaticSite;
+use crate::lua::runner::{self, SpawnOptions};
+use crate::process::supervisor::{self, ServiceHandle};
+use crate::process::value::Value;
+use crate::registry::kinds::{EntryKind, Router};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Compile(String),
+    #[error("entry {id}: {message}")]
+    Entry { id: EntryId, message: String },
+}
+
+pub struct RunOptions {
+    pub project_root: PathBuf,
+    /// Replaces every `http.service` address (tests bind `127.0.0.1:0`).
+    pub addr_override: Option<String>,
+}
+
+/// A started registry: the node plus the handles needed to stop what was started.
+pub struct Runtime {
+    pub node: Arc<Node>,
+    services: Mutex<Vec<(EntryId, ServiceHandle)>>,
+    servers: Mutex<Vec<(EntryId, ServerHandle)>>,
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Compiles every Lua entry once; an error names the entry.
+pub fn compile_all(registry: &Registry) -> Result<HashMap<EntryId, Arc<CompiledCode>>, StartError> {
+    let mut code = HashMap::new();
+    for e in registry.entries() {
+        let (lua, is_process) = match &e.kind {
+            EntryKind::LuaProcess(c) => (c, true),
+            EntryKind::LuaFunction(c) => (c, false),
+            _ => continue,
+        };
+        let compiled = crate::lua::compile::compile(&e.id, lua, is_process)
+            .map_err(|m| StartError::Compile(format!("entry {}: {m}", e.id)))?;
+        code.insert(e.id.clone(), compiled);
+    }
+    Ok(code)
+}
+
+pub fn build_policies(registry: &Registry) -> PolicySet {
+    let (policies, errors) = PolicySet::build(registry.entries().iter().filter_map(|e| match &e.kind {
+        EntryKind::Policy(p) => Some((&e.id, p)),
+        _ => None,
+    }));
+    for e in errors {
+        tracing::error!(error = %e, "policy rejected");
+    }
+    policies
+}
+
+fn router_chain(router_id: &EntryId, r: &Router) -> Chain {
+    let has = |list: &[String], name: &str| list.iter().any(|m| m == name);
+    Chain {
+        router: Some(router_id.clone()),
+        cors: has(&r.middleware, "cors").then(|| CorsConfig::from_options(&r.options)),
+        token_auth: if has(&r.middleware, "token_auth") {
+            TokenAuth::from_options(&r.options, &router_id.namespace)
+        } else {
+            None
+        },
+        ws_relay: has(&r.post_middleware, "websocket_relay").then(|| WsRelayOptions::from_options(&r.post_options)),
+    }
+}
+
+/// The route table of `server` from the registry's routers, endpoints and static mounts.
+pub fn build_routes(registry: &Registry, server: &EntryId, project_root: &std::path::Path) -> RouteTable {
+    let mut table = RouteTable::default();
+    let mut chains: HashMap<EntryId, (Arc<Chain>, String)> = HashMap::new();
+    for e in registry.entries() {
+        if let EntryKind::Router(r) = &e.kind {
+            if &r.server == server {
+                chains.insert(e.id.clone(), (Arc::new(router_chain(&e.id, r)), r.prefix.clone()));
+            }
+        }
+    }
+    for e in registry.entries() {
+        match &e.kind {
+            EntryKind::Endpoint(ep) => {
+                let Some((chain, prefix)) = chains.get(&ep.router) else { continue };
+                let path = format!("{}{}", prefix.trim_end_matches('/'), ep.path);
+                if let Err(m) = table.add_endpoint(&ep.method, &path, e.id.clone(), ep.func.clone(), chain.clone()) {
+                    tracing::error!(endpoint = %e.id, "{m}; endpoint rejected");
+                }
+            }
+            EntryKind::Static(st) if &st.server == server => {
+                let Some(EntryKind::Directory(dir)) = registry.get(&st.fs).map(|d| &d.kind) else { continue };
+                let root = if dir.directory.is_absolute() {
+                    dir.directory.clone()
+                } else {
+                    project_root.join(&dir.directory)
+                };
+                if dir.auto_init {
+                    let _ = std::fs::create_dir_all(&root);
+                }
+                match StaticSite::new(root.clone(), st.spa, st.index.clone(), st.cache.clone()) {
+                    Ok(site) => {
+                        let pseudo = Router {
+                            server: server.clone(),
+                            prefix: String::new(),
+                            middleware: st.middleware.clone(),
+                            options: st.options.clone(),
+                            post_middleware: Vec::new(),
+                            post_options: BTreeMap::new(),
+                        };
+                        table.add_static(&st.path, Arc::new(site), Arc::new(router_chain(&e.id, &pseudo)));
+                    }
+                    Err(err) => tracing::error!(entry = %e.id, dir = %root.display(), error = %err, "static directory unavailable"),
+                }
+            }
+            _ => {}
+        }
+    }
+    table
+}
+
+impl Runtime {
+    /// Starts every entry in dependency order. Fails on the first required entry that cannot
+    /// start; what was started is stopped again.
+    pub async fn start(registry: Registry, opts: RunOptions) -> Result<Runtime, StartError> {
+        let code = compile_all(&registry)?;
+        let policies = Arc::new(build_policies(&registry));
+        let workers = registry
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::ProcessHost(h) => Some(h.workers),
+                _ => None,
+            })
+            .max()
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let registry = Arc::new(registry);
+        let node = Arc::new(Node {
+            procs: Arc::new(ProcessTable::default()),
+            scheduler: Scheduler::start(workers),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                registry: registry.clone(),
+                code,
+                policies,
+            })),
+            resources: RwLock::new(Resources::default()),
+            project_root: opts.project_root.clone(),
+            strict_mode: false,
+        });
+        for w in registry.warnings() {
+            tracing::warn!("{w}");
+        }
+        let rt = Runtime {
+            node: node.clone(),
+            services: Mutex::new(Vec::new()),
+            servers: Mutex::new(Vec::new()),
+            background: Mutex::new(Vec::new()),
+        };
+        for id in registry.start_order() {
+            let Some(entry) = registry.get(&id) else { continue };
+            if let Err(message) = rt.start_entry(entry, &opts).await {
+                let optional = entry.kind.lifecycle().is_some_and(|l| l.startup_optional);
+                if optional {
+                    tracing::error!(entry = %id, error = %message, "optional entry failed to start");
+                    continue;
+                }
+                rt.shutdown().await;
+                return Err(StartError::Entry { id, message });
+            }
+        }
+        Ok(rt)
+    }
+
+    async fn start_entry(&self, entry: &crate::registry::Entry, opts: &RunOptions) -> Result<(), String> {
+        let node = &self.node;
+        match &entry.kind {
+            EntryKind::Sqlite(db) => {
+                let handle = Sqlite::open(&db.file, &node.project_root).map_err(|e| e.to_string())?;
+                tracing::info!(entry = %entry.id, file = %db.file, "database opened");
+                node.resources.write().expect("resources lock").dbs.insert(entry.id.clone(), handle);
+            }
+            EntryKind::MemoryStore(cfg) => {
+                let store = Arc::new(MemoryStore::from_config(cfg));
+                let sweeper = store.clone();
+                let every = cfg.cleanup_interval.max(std::time::Duration::from_millis(100));
+                self.background.lock().expect("background lock").push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        sweeper.sweep();
+                    }
+                }));
+                node.resources.write().expect("resources lock").memory_stores.insert(entry.id.clone(), store);
+            }
+            EntryKind::TokenStore(cfg) => {
+                let store = node
+                    .memory_store(&cfg.store)
+                    .ok_or_else(|| format!("backing store {} is not running", cfg.store))?;
+                if cfg.token_key.is_empty() {
+                    tracing::warn!(entry = %entry.id, "token store has no token_key: tokens are not signed");
+                } else if cfg.demo_key {
+                    tracing::warn!(entry = %entry.id,
+                        "token store uses the tutorial's published demo key; set token_key from ${{env:NAME}} before production");
+                }
+                let ts = Arc::new(TokenStore::new(cfg, store));
+                node.resources.write().expect("resources lock").token_stores.insert(entry.id.clone(), ts);
+            }
+            EntryKind::ProcessHost(_) => {
+                node.resources.write().expect("resources lock").running_hosts.insert(entry.id.clone());
+            }
+            EntryKind::Service(svc) if svc.lifecycle.auto_start => {
+                let security = Arc::new(match &svc.lifecycle.security {
+                    Some(spec) => node.snapshot().policies.context_from_spec(spec),
+                    None => SecurityContext::default(),
+                });
+                let input: Vec<Value> = svc.input.iter().map(Value::from_json).collect();
+                let (start_node, process, host) = (node.clone(), svc.process.clone(), svc.host.clone());
+                let start: Arc<supervisor::StartFn> = Arc::new(move || {
+                    let code = start_node.code(&process).ok_or_else(|| format!("process entry {process} not found"))?;
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let pid = runner::spawn_process(
+                        &start_node,
+                        code,
+                        &host,
+                        input.clone(),
+                        security.clone(),
+                        SpawnOptions {
+                            on_exit: Some(tx),
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(|e| e.message)?;
+                    Ok((pid, rx))
+                });
+                let handle = supervisor::supervise(entry.id.clone(), svc.lifecycle.clone(), node.procs.clone(), start);
+                self.services.lock().expect("services lock").push((entry.id.clone(), handle));
+            }
+            EntryKind::HttpService(h) if h.lifecycle.auto_start => {
+                let routes = build_routes(&node.snapshot().registry, &entry.id, &node.project_root);
+                let baseline = Arc::new(match &h.lifecycle.security {
+                    Some(spec) => node.snapshot().policies.context_from_spec(spec),
+                    None => SecurityContext::default(),
+                });
+                let cfg = ServerConfig {
+                    id: entry.id.clone(),
+                    addr: opts.addr_override.clone().unwrap_or_else(|| h.addr.clone()),
+                    baseline,
+                    ws_buffer: h.buffer_size,
+                    idle_timeout: h.idle_timeout,
+                };
+                let handle = server::start(node.clone(), cfg, routes).await.map_err(|e| format!("cannot listen on {}: {e}", h.addr))?;
+                self.servers.lock().expect("servers lock").push((entry.id.clone(), handle));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Where each HTTP server listens.
+    pub fn http_addrs(&self) -> Vec<(EntryId, std::net::SocketAddr)> {
+        self.servers
+            .lock()
+            .expect("servers lock")
+            .iter()
+            .map(|(id, h)| (id.clone(), h.addr))
+            .collect()
+    }
+
+    /// Stops servers (WebSockets close with 1001), then services in reverse start order, then
+    /// every remaining process, then closes the databases.
+    pub async fn shutdown(&self) {
+        let servers = std::mem::take(&mut *self.servers.lock().expect("servers lock"));
+        for (_, s) in servers.into_iter().rev() {
+            s.stop().await;
+        }
+        let services = std::mem::take(&mut *self.services.lock().expect("services lock"));
+        for (_, s) in services.into_iter().rev() {
+            s.stop().await;
+        }
+        for p in self.node.procs.all() {
+            p.mailbox.kill("terminated");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.node.procs.alive() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for t in self.background.lock().expect("background lock").drain(..) {
+            t.abort();
+        }
+        let dbs: Vec<_> = self.node.resources.read().expect("resources lock").dbs.values().cloned().collect();
+        for db in dbs {
+            db.close();
+        }
+    }
+}
