@@ -16,7 +16,7 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 const STABLE_MS = 5000; // a connection that lived this long resets the backoff
 const TOKEN_SLACK_MS = 60000; // refresh a token this long before it expires
-const FLASH_EVERY_MS = 400; // at 100 updates/s a flash per tick would be a permanent colour
+const FLASH_EVERY_MS = 700; // at 100 updates/s a flash per tick would be a permanent colour
 const KEY_STORAGE = 'moonwire.apiKey';
 
 const $ = (id) => document.getElementById(id);

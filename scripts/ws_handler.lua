@@ -9,9 +9,10 @@ end
 
 local function on_join(state, data)
     state.client_pid = data.client_pid
+    -- Welcome first: the ticker answers a subscribe with a snapshot, which must come second.
+    send_json(state.client_pid, {type = "welcome", user_id = state.user_id})
     process.send("ticker", "subscribe", {client_pid = state.client_pid, handler_pid = process.pid()})
     state.subscribed = true
-    send_json(state.client_pid, {type = "welcome", user_id = state.user_id})
     logger:info("client joined", {user_id = state.user_id, client_pid = state.client_pid})
 end
 

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "moonwire", version, about = "Runs Wippy-style Lua apps declared in a YAML registry")]
+#[command(
+    name = "moonwire",
+    version,
+    about = "Runs Wippy-style Lua apps declared in a YAML registry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,13 +55,15 @@ fn init_logging() {
 
 fn load(registry: &std::path::Path) -> Result<moonwire::registry::Registry, ExitCode> {
     let root = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    moonwire::registry::load(registry, &root, &moonwire::lua::compile::check_syntax).map_err(|diags| {
-        for d in &diags {
-            eprintln!("{d}");
-        }
-        eprintln!("{} problem(s) in {}", diags.len(), registry.display());
-        ExitCode::from(1)
-    })
+    moonwire::registry::load(registry, &root, &moonwire::lua::compile::check_syntax).map_err(
+        |diags| {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("{} problem(s) in {}", diags.len(), registry.display());
+            ExitCode::from(1)
+        },
+    )
 }
 
 fn main() -> ExitCode {
@@ -73,7 +79,11 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run { registry, no_watch, addr } => {
+        Command::Run {
+            registry,
+            no_watch,
+            addr,
+        } => {
             init_logging();
             let reg = match load(&registry) {
                 Ok(r) => r,
@@ -89,7 +99,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(reg: moonwire::registry::Registry, registry_dir: PathBuf, no_watch: bool, addr: Option<String>) -> ExitCode {
+async fn run(
+    reg: moonwire::registry::Registry,
+    registry_dir: PathBuf,
+    no_watch: bool,
+    addr: Option<String>,
+) -> ExitCode {
     let project_root = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let opts = moonwire::runtime::RunOptions {
         project_root,
@@ -116,7 +131,8 @@ async fn run(reg: moonwire::registry::Registry, registry_dir: PathBuf, no_watch:
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

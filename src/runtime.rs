@@ -57,7 +57,12 @@ impl Node {
     }
 
     pub fn db(&self, id: &EntryId) -> Option<Arc<Sqlite>> {
-        self.resources.read().expect("resources lock").dbs.get(id).cloned()
+        self.resources
+            .read()
+            .expect("resources lock")
+            .dbs
+            .get(id)
+            .cloned()
     }
 
     pub fn memory_store(&self, id: &EntryId) -> Option<Arc<MemoryStore>> {
@@ -130,10 +135,11 @@ pub fn compile_all(registry: &Registry) -> Result<HashMap<EntryId, Arc<CompiledC
 }
 
 pub fn build_policies(registry: &Registry) -> PolicySet {
-    let (policies, errors) = PolicySet::build(registry.entries().iter().filter_map(|e| match &e.kind {
-        EntryKind::Policy(p) => Some((&e.id, p)),
-        _ => None,
-    }));
+    let (policies, errors) =
+        PolicySet::build(registry.entries().iter().filter_map(|e| match &e.kind {
+            EntryKind::Policy(p) => Some((&e.id, p)),
+            _ => None,
+        }));
     for e in errors {
         tracing::error!(error = %e, "policy rejected");
     }
@@ -150,32 +156,50 @@ fn router_chain(router_id: &EntryId, r: &Router) -> Chain {
         } else {
             None
         },
-        ws_relay: has(&r.post_middleware, "websocket_relay").then(|| WsRelayOptions::from_options(&r.post_options)),
+        ws_relay: has(&r.post_middleware, "websocket_relay")
+            .then(|| WsRelayOptions::from_options(&r.post_options)),
     }
 }
 
 /// The route table of `server` from the registry's routers, endpoints and static mounts.
-pub fn build_routes(registry: &Registry, server: &EntryId, project_root: &std::path::Path) -> RouteTable {
+pub fn build_routes(
+    registry: &Registry,
+    server: &EntryId,
+    project_root: &std::path::Path,
+) -> RouteTable {
     let mut table = RouteTable::default();
     let mut chains: HashMap<EntryId, (Arc<Chain>, String)> = HashMap::new();
     for e in registry.entries() {
         if let EntryKind::Router(r) = &e.kind {
             if &r.server == server {
-                chains.insert(e.id.clone(), (Arc::new(router_chain(&e.id, r)), r.prefix.clone()));
+                chains.insert(
+                    e.id.clone(),
+                    (Arc::new(router_chain(&e.id, r)), r.prefix.clone()),
+                );
             }
         }
     }
     for e in registry.entries() {
         match &e.kind {
             EntryKind::Endpoint(ep) => {
-                let Some((chain, prefix)) = chains.get(&ep.router) else { continue };
+                let Some((chain, prefix)) = chains.get(&ep.router) else {
+                    continue;
+                };
                 let path = format!("{}{}", prefix.trim_end_matches('/'), ep.path);
-                if let Err(m) = table.add_endpoint(&ep.method, &path, e.id.clone(), ep.func.clone(), chain.clone()) {
+                if let Err(m) = table.add_endpoint(
+                    &ep.method,
+                    &path,
+                    e.id.clone(),
+                    ep.func.clone(),
+                    chain.clone(),
+                ) {
                     tracing::error!(endpoint = %e.id, "{m}; endpoint rejected");
                 }
             }
             EntryKind::Static(st) if &st.server == server => {
-                let Some(EntryKind::Directory(dir)) = registry.get(&st.fs).map(|d| &d.kind) else { continue };
+                let Some(EntryKind::Directory(dir)) = registry.get(&st.fs).map(|d| &d.kind) else {
+                    continue;
+                };
                 let root = if dir.directory.is_absolute() {
                     dir.directory.clone()
                 } else {
@@ -194,9 +218,15 @@ pub fn build_routes(registry: &Registry, server: &EntryId, project_root: &std::p
                             post_middleware: Vec::new(),
                             post_options: BTreeMap::new(),
                         };
-                        table.add_static(&st.path, Arc::new(site), Arc::new(router_chain(&e.id, &pseudo)));
+                        table.add_static(
+                            &st.path,
+                            Arc::new(site),
+                            Arc::new(router_chain(&e.id, &pseudo)),
+                        );
                     }
-                    Err(err) => tracing::error!(entry = %e.id, dir = %root.display(), error = %err, "static directory unavailable"),
+                    Err(err) => {
+                        tracing::error!(entry = %e.id, dir = %root.display(), error = %err, "static directory unavailable")
+                    }
                 }
             }
             _ => {}
@@ -219,7 +249,11 @@ impl Runtime {
                 _ => None,
             })
             .max()
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            });
         let registry = Arc::new(registry);
         let node = Arc::new(Node {
             procs: Arc::new(ProcessTable::default()),
@@ -243,7 +277,9 @@ impl Runtime {
             background: Mutex::new(Vec::new()),
         };
         for id in registry.start_order() {
-            let Some(entry) = registry.get(&id) else { continue };
+            let Some(entry) = registry.get(&id) else {
+                continue;
+            };
             if let Err(message) = rt.start_entry(entry, &opts).await {
                 let optional = entry.kind.lifecycle().is_some_and(|l| l.startup_optional);
                 if optional {
@@ -257,26 +293,44 @@ impl Runtime {
         Ok(rt)
     }
 
-    async fn start_entry(&self, entry: &crate::registry::Entry, opts: &RunOptions) -> Result<(), String> {
+    async fn start_entry(
+        &self,
+        entry: &crate::registry::Entry,
+        opts: &RunOptions,
+    ) -> Result<(), String> {
         let node = &self.node;
         match &entry.kind {
             EntryKind::Sqlite(db) => {
-                let handle = Sqlite::open(&db.file, &node.project_root).map_err(|e| e.to_string())?;
+                let handle =
+                    Sqlite::open(&db.file, &node.project_root).map_err(|e| e.to_string())?;
                 tracing::info!(entry = %entry.id, file = %db.file, "database opened");
-                node.resources.write().expect("resources lock").dbs.insert(entry.id.clone(), handle);
+                node.resources
+                    .write()
+                    .expect("resources lock")
+                    .dbs
+                    .insert(entry.id.clone(), handle);
             }
             EntryKind::MemoryStore(cfg) => {
                 let store = Arc::new(MemoryStore::from_config(cfg));
                 let sweeper = store.clone();
-                let every = cfg.cleanup_interval.max(std::time::Duration::from_millis(100));
-                self.background.lock().expect("background lock").push(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(every);
-                    loop {
-                        tick.tick().await;
-                        sweeper.sweep();
-                    }
-                }));
-                node.resources.write().expect("resources lock").memory_stores.insert(entry.id.clone(), store);
+                let every = cfg
+                    .cleanup_interval
+                    .max(std::time::Duration::from_millis(100));
+                self.background
+                    .lock()
+                    .expect("background lock")
+                    .push(tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(every);
+                        loop {
+                            tick.tick().await;
+                            sweeper.sweep();
+                        }
+                    }));
+                node.resources
+                    .write()
+                    .expect("resources lock")
+                    .memory_stores
+                    .insert(entry.id.clone(), store);
             }
             EntryKind::TokenStore(cfg) => {
                 let store = node
@@ -289,10 +343,18 @@ impl Runtime {
                         "token store uses the tutorial's published demo key; set token_key from ${{env:NAME}} before production");
                 }
                 let ts = Arc::new(TokenStore::new(cfg, store));
-                node.resources.write().expect("resources lock").token_stores.insert(entry.id.clone(), ts);
+                node.resources
+                    .write()
+                    .expect("resources lock")
+                    .token_stores
+                    .insert(entry.id.clone(), ts);
             }
             EntryKind::ProcessHost(_) => {
-                node.resources.write().expect("resources lock").running_hosts.insert(entry.id.clone());
+                node.resources
+                    .write()
+                    .expect("resources lock")
+                    .running_hosts
+                    .insert(entry.id.clone());
             }
             EntryKind::Service(svc) if svc.lifecycle.auto_start => {
                 let security = Arc::new(match &svc.lifecycle.security {
@@ -300,9 +362,12 @@ impl Runtime {
                     None => SecurityContext::default(),
                 });
                 let input: Vec<Value> = svc.input.iter().map(Value::from_json).collect();
-                let (start_node, process, host) = (node.clone(), svc.process.clone(), svc.host.clone());
+                let (start_node, process, host) =
+                    (node.clone(), svc.process.clone(), svc.host.clone());
                 let start: Arc<supervisor::StartFn> = Arc::new(move || {
-                    let code = start_node.code(&process).ok_or_else(|| format!("process entry {process} not found"))?;
+                    let code = start_node
+                        .code(&process)
+                        .ok_or_else(|| format!("process entry {process} not found"))?;
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let pid = runner::spawn_process(
                         &start_node,
@@ -318,8 +383,16 @@ impl Runtime {
                     .map_err(|e| e.message)?;
                     Ok((pid, rx))
                 });
-                let handle = supervisor::supervise(entry.id.clone(), svc.lifecycle.clone(), node.procs.clone(), start);
-                self.services.lock().expect("services lock").push((entry.id.clone(), handle));
+                let handle = supervisor::supervise(
+                    entry.id.clone(),
+                    svc.lifecycle.clone(),
+                    node.procs.clone(),
+                    start,
+                );
+                self.services
+                    .lock()
+                    .expect("services lock")
+                    .push((entry.id.clone(), handle));
             }
             EntryKind::HttpService(h) if h.lifecycle.auto_start => {
                 let routes = build_routes(&node.snapshot().registry, &entry.id, &node.project_root);
@@ -334,8 +407,13 @@ impl Runtime {
                     ws_buffer: h.buffer_size,
                     idle_timeout: h.idle_timeout,
                 };
-                let handle = server::start(node.clone(), cfg, routes).await.map_err(|e| format!("cannot listen on {}: {e}", h.addr))?;
-                self.servers.lock().expect("servers lock").push((entry.id.clone(), handle));
+                let handle = server::start(node.clone(), cfg, routes)
+                    .await
+                    .map_err(|e| format!("cannot listen on {}: {e}", h.addr))?;
+                self.servers
+                    .lock()
+                    .expect("servers lock")
+                    .push((entry.id.clone(), handle));
             }
             _ => {}
         }
@@ -373,7 +451,15 @@ impl Runtime {
         for t in self.background.lock().expect("background lock").drain(..) {
             t.abort();
         }
-        let dbs: Vec<_> = self.node.resources.read().expect("resources lock").dbs.values().cloned().collect();
+        let dbs: Vec<_> = self
+            .node
+            .resources
+            .read()
+            .expect("resources lock")
+            .dbs
+            .values()
+            .cloned()
+            .collect();
         for db in dbs {
             db.close();
         }

@@ -44,14 +44,17 @@ fn ticker_page_streams_live_prices_in_headless_chromium() {
     let deadline = start + CHECKS;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
 
-    // The registry resolves `directory: ./public` and `./data/auth.db` against the working
-    // directory, so the server runs in a fresh directory holding a copy of the page; the
-    // registry itself is passed by absolute path so its `file://../scripts/...` sources
-    // still resolve next to it.
+    // The runtime treats its working directory as the project root: `directory: ./public`
+    // and `./data/auth.db` resolve against it, and `file://` sources may not leave it. So
+    // the server runs in a fresh directory holding a copy of the app (registry, scripts,
+    // page), which also keeps the repo's own data/ untouched.
     let work = tempfile::tempdir().expect("temp dir");
-    copy_dir(&repo.join("public"), &work.path().join("public")).expect("copy public/");
+    for dir in ["registry", "scripts", "public"] {
+        copy_dir(&repo.join(dir), &work.path().join(dir))
+            .unwrap_or_else(|e| panic!("copying {dir}/ into the test dir: {e}"));
+    }
     std::fs::create_dir_all(work.path().join("data")).expect("create data/");
-    let registry = repo.join("registry");
+    let registry = work.path().join("registry");
 
     let mut server = match Server::start(&registry, work.path(), None, deadline) {
         Ok(s) => s,

@@ -1,11 +1,27 @@
-//! `moonwire check` end to end: the real binary on the tutorial registry (must pass) and on
+//! `moonwire check` end to end: the real binary on the app's registry (must pass) and on
 //! broken registries (must fail, listing every problem as `file:line: entry: field: message`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn tutorial_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry/tutorial")
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// The app's registry and scripts, as `(relative path, text)`.
+fn app_files() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for dir in ["registry", "scripts"] {
+        for item in std::fs::read_dir(repo().join(dir)).expect("app dir") {
+            let item = item.expect("app entry");
+            let text = std::fs::read_to_string(item.path()).expect("app file");
+            files.push((
+                format!("{dir}/{}", item.file_name().to_string_lossy()),
+                text,
+            ));
+        }
+    }
+    files
 }
 
 /// A fresh project root with `files` (paths relative to it).
@@ -55,36 +71,24 @@ fn check(root: &Path) -> Outcome {
 }
 
 #[test]
-fn tutorial_registry_passes() {
+fn app_registry_passes() {
     let root = tempfile::tempdir().expect("temp dir");
-    for item in std::fs::read_dir(tutorial_dir()).expect("fixture dir") {
-        let item = item.expect("fixture entry");
-        let text = std::fs::read_to_string(item.path()).expect("fixture file");
-        write(
-            root.path(),
-            &format!("registry/{}", item.file_name().to_string_lossy()),
-            &text,
-        );
+    for (rel, text) in app_files() {
+        write(root.path(), &rel, &text);
     }
     let out = check(root.path());
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
     assert_eq!(out.stdout.trim(), "ok: 19 entries");
 }
 
-/// The product layout keeps scripts beside the registry: only the `file://` paths change.
+/// The tutorial's layout keeps scripts beside `_index.yaml`: only the `file://` paths change.
 #[test]
-fn tutorial_with_scripts_in_their_own_folder_passes() {
+fn app_with_scripts_beside_the_registry_passes() {
     let root = tempfile::tempdir().expect("temp dir");
-    for item in std::fs::read_dir(tutorial_dir()).expect("fixture dir") {
-        let item = item.expect("fixture entry");
-        let name = item.file_name().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(item.path()).expect("fixture file");
-        if name == "_index.yaml" {
-            let text = text.replace("file://", "file://../scripts/");
-            write(root.path(), "registry/_index.yaml", &text);
-        } else {
-            write(root.path(), &format!("scripts/{name}"), &text);
-        }
+    for (rel, text) in app_files() {
+        let name = rel.rsplit('/').next().unwrap().to_string();
+        let text = text.replace("file://../scripts/", "file://");
+        write(root.path(), &format!("registry/{name}"), &text);
     }
     let out = check(root.path());
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);

@@ -25,9 +25,13 @@ pub struct WsRelayOptions {
 
 impl WsRelayOptions {
     pub fn from_options(opts: &BTreeMap<String, String>) -> Self {
-        let raw = ["wsrelay.allowed.origins", "allow_origins", "allowed_origins"]
-            .iter()
-            .find_map(|k| opts.get(*k));
+        let raw = [
+            "wsrelay.allowed.origins",
+            "allow_origins",
+            "allowed_origins",
+        ]
+        .iter()
+        .find_map(|k| opts.get(*k));
         WsRelayOptions {
             allowed_origins: raw.map(|r| {
                 r.split(',')
@@ -47,8 +51,13 @@ enum Segment {
 }
 
 pub enum Target {
-    Endpoint { entry: EntryId, func: EntryId },
-    Static { site: Arc<StaticSite> },
+    Endpoint {
+        entry: EntryId,
+        func: EntryId,
+    },
+    Static {
+        site: Arc<StaticSite>,
+    },
     /// The automatic OPTIONS route of an endpoint: 204 after the pre-match middleware.
     Options,
 }
@@ -119,7 +128,12 @@ impl Route {
                 }
                 Segment::Param(name) => {
                     let v = parts.get(i)?;
-                    params.push((name.clone(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()));
+                    params.push((
+                        name.clone(),
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    ));
                 }
             }
         }
@@ -134,7 +148,7 @@ impl Route {
 
     fn accepts(&self, method: &str) -> bool {
         match &self.method {
-            None => true,
+            None => method == "GET" || method == "HEAD",
             Some(m) => m == method || (m == "GET" && method == "HEAD"),
         }
     }
@@ -143,7 +157,14 @@ impl Route {
 impl RouteTable {
     /// Adds an endpoint and its automatic OPTIONS route. An equal-specificity duplicate is
     /// rejected (returns the conflicting pattern).
-    pub fn add_endpoint(&mut self, method: &str, path: &str, entry: EntryId, func: EntryId, chain: Arc<Chain>) -> Result<(), String> {
+    pub fn add_endpoint(
+        &mut self,
+        method: &str,
+        path: &str,
+        entry: EntryId,
+        func: EntryId,
+        chain: Arc<Chain>,
+    ) -> Result<(), String> {
         let segments = parse_pattern(path);
         if self
             .routes
@@ -191,20 +212,30 @@ impl RouteTable {
 
     pub fn find(&self, method: &str, path: &str) -> Match<'_> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let mut best: Option<(&Route, Vec<(String, String)>, String)> = None;
+        type Candidate<'r> = (&'r Route, Vec<(String, String)>, String);
+        let mut best: Option<Candidate<'_>> = None;
         let mut path_matched = false;
         for route in &self.routes {
-            let Some((params, rest)) = route.match_path(&parts) else { continue };
+            let Some((params, rest)) = route.match_path(&parts) else {
+                continue;
+            };
             path_matched = true;
             if !route.accepts(method) {
                 continue;
             }
-            if best.as_ref().is_none_or(|(b, _, _)| route.specificity() > b.specificity()) {
+            if best
+                .as_ref()
+                .is_none_or(|(b, _, _)| route.specificity() > b.specificity())
+            {
                 best = Some((route, params, rest));
             }
         }
         match best {
-            Some((route, params, rest)) => Match::Found { route, params, rest },
+            Some((route, params, rest)) => Match::Found {
+                route,
+                params,
+                rest,
+            },
             None if path_matched => Match::MethodNotAllowed,
             None => Match::NotFound,
         }
@@ -227,13 +258,25 @@ mod tests {
         let mut t = RouteTable::default();
         let chain = Arc::new(Chain::default());
         let id = |n: &str| EntryId::new("app", n);
-        t.add_endpoint("POST", "/auth/token", id("e1"), id("f1"), chain.clone()).unwrap();
-        t.add_endpoint("GET", "/ws/ticker", id("e2"), id("f2"), chain.clone()).unwrap();
-        t.add_endpoint("GET", "/api/alerts/{id}", id("e3"), id("f3"), chain.clone()).unwrap();
-        t.add_endpoint("GET", "/api/alerts/latest", id("e4"), id("f4"), chain.clone()).unwrap();
-        t.add_endpoint("GET", "/files/{rest...}", id("e5"), id("f5"), chain.clone()).unwrap();
+        t.add_endpoint("POST", "/auth/token", id("e1"), id("f1"), chain.clone())
+            .unwrap();
+        t.add_endpoint("GET", "/ws/ticker", id("e2"), id("f2"), chain.clone())
+            .unwrap();
+        t.add_endpoint("GET", "/api/alerts/{id}", id("e3"), id("f3"), chain.clone())
+            .unwrap();
+        t.add_endpoint(
+            "GET",
+            "/api/alerts/latest",
+            id("e4"),
+            id("f4"),
+            chain.clone(),
+        )
+        .unwrap();
+        t.add_endpoint("GET", "/files/{rest...}", id("e5"), id("f5"), chain.clone())
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let site = StaticSite::new(dir.path().to_path_buf(), true, "index.html".into(), None).unwrap();
+        let site =
+            StaticSite::new(dir.path().to_path_buf(), true, "index.html".into(), None).unwrap();
         t.add_static("/", Arc::new(site), chain);
         t
     }
@@ -253,22 +296,44 @@ mod tests {
         let t = table();
         assert_eq!(endpoint(t.find("POST", "/auth/token")).unwrap().0, "e1");
         assert_eq!(endpoint(t.find("GET", "/ws/ticker")).unwrap().0, "e2");
-        assert_eq!(endpoint(t.find("GET", "/api/alerts/latest")).unwrap().0, "e4");
+        assert_eq!(
+            endpoint(t.find("GET", "/api/alerts/latest")).unwrap().0,
+            "e4"
+        );
         let (name, params) = endpoint(t.find("GET", "/api/alerts/7")).unwrap();
-        assert_eq!((name.as_str(), params), ("e3", vec![("id".into(), "7".into())]));
+        assert_eq!(
+            (name.as_str(), params),
+            ("e3", vec![("id".into(), "7".into())])
+        );
         assert_eq!(endpoint(t.find("GET", "/files/a/b")).unwrap().0, "e5");
-        assert_eq!(endpoint(t.find("GET", "/some/page")).unwrap().0, "static-or-options");
+        assert_eq!(
+            endpoint(t.find("GET", "/some/page")).unwrap().0,
+            "static-or-options"
+        );
         assert_eq!(endpoint(t.find("HEAD", "/ws/ticker")).unwrap().0, "e2");
     }
 
     #[test]
     fn options_routes_and_405() {
         let t = table();
-        assert_eq!(endpoint(t.find("OPTIONS", "/auth/token")).unwrap().0, "static-or-options");
-        assert!(matches!(t.find("DELETE", "/auth/token"), Match::MethodNotAllowed));
+        assert_eq!(
+            endpoint(t.find("OPTIONS", "/auth/token")).unwrap().0,
+            "static-or-options"
+        );
+        assert!(matches!(
+            t.find("DELETE", "/auth/token"),
+            Match::MethodNotAllowed
+        ));
         let mut bare = RouteTable::default();
         let chain = Arc::new(Chain::default());
-        bare.add_endpoint("GET", "/x", EntryId::new("a", "b"), EntryId::new("a", "c"), chain).unwrap();
+        bare.add_endpoint(
+            "GET",
+            "/x",
+            EntryId::new("a", "b"),
+            EntryId::new("a", "c"),
+            chain,
+        )
+        .unwrap();
         assert!(matches!(bare.find("GET", "/y"), Match::NotFound));
     }
 
@@ -277,7 +342,13 @@ mod tests {
         let mut t = table();
         let chain = Arc::new(Chain::default());
         assert!(t
-            .add_endpoint("POST", "/auth/token", EntryId::new("a", "b"), EntryId::new("a", "c"), chain)
+            .add_endpoint(
+                "POST",
+                "/auth/token",
+                EntryId::new("a", "b"),
+                EntryId::new("a", "c"),
+                chain
+            )
             .is_err());
     }
 }

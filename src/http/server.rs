@@ -77,7 +77,11 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
 }
 
-pub async fn start(node: Arc<Node>, cfg: ServerConfig, routes: RouteTable) -> std::io::Result<ServerHandle> {
+pub async fn start(
+    node: Arc<Node>,
+    cfg: ServerConfig,
+    routes: RouteTable,
+) -> std::io::Result<ServerHandle> {
     let listener = tokio::net::TcpListener::bind(normalize_addr(&cfg.addr)).await?;
     let addr = listener.local_addr()?;
     tracing::info!(server = %cfg.id, addr = %addr, "listening");
@@ -113,14 +117,14 @@ pub async fn start(node: Arc<Node>, cfg: ServerConfig, routes: RouteTable) -> st
                 }
             };
             let st = accept_state.clone();
-            node.scheduler.submit_round_robin(Box::new(move || {
-                match tokio::net::TcpStream::from_std(std_stream) {
+            node.scheduler.submit_round_robin(Box::new(
+                move || match tokio::net::TcpStream::from_std(std_stream) {
                     Ok(stream) => {
                         tokio::task::spawn_local(serve_connection(stream, peer, st));
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot adopt connection"),
-                }
-            }));
+                },
+            ));
         }
     });
     Ok(ServerHandle {
@@ -131,7 +135,11 @@ pub async fn start(node: Arc<Node>, cfg: ServerConfig, routes: RouteTable) -> st
     })
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+) {
     let mut shutdown = state.shutdown.clone();
     let svc_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -170,13 +178,23 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, serde_json::json!({ "error": message }))
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, state: Arc<ServerState>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+) -> Response<Body> {
     let routes = state.routes.read().expect("routes lock").clone();
     let path = req.uri().path().to_string();
     let method = req.method().as_str().to_string();
     let (route, params, rest) = match routes.find(&method, &path) {
-        Match::Found { route, params, rest } => (route, params, rest),
-        Match::MethodNotAllowed => return error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        Match::Found {
+            route,
+            params,
+            rest,
+        } => (route, params, rest),
+        Match::MethodNotAllowed => {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         Match::NotFound => return error_response(StatusCode::NOT_FOUND, "not found"),
     };
     let chain = route.chain.clone();
@@ -199,7 +217,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: Arc<ServerState
             };
             site.serve(req.method(), &rel, req.headers()).await
         }
-        Target::Endpoint { entry, func } => endpoint(req, peer, &state, &chain, entry, func, params).await,
+        Target::Endpoint { entry, func } => {
+            endpoint(req, peer, &state, &chain, entry, func, params).await
+        }
     };
     if let (Some(cors), Some(h)) = (&chain.cors, cors_headers) {
         cors.decorate(&h, resp.headers_mut());
@@ -237,7 +257,9 @@ async fn endpoint(
     let body = match Limited::new(body, state.body_limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
             }
             return error_response(StatusCode::BAD_REQUEST, "could not read request body");
@@ -257,7 +279,8 @@ async fn endpoint(
         params,
         response: Default::default(),
     });
-    let result = crate::lua::function::call_handler(&state.node, code, frame.clone(), security).await;
+    let result =
+        crate::lua::function::call_handler(&state.node, code, frame.clone(), security).await;
     let mut out = std::mem::take(&mut *frame.response.borrow_mut());
     if let ExitResult::Error(e) = &result {
         tracing::error!(endpoint = %entry, func = %func, error = %e, "handler failed");
@@ -280,7 +303,9 @@ async fn endpoint(
     }
     match result {
         ExitResult::Error(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e),
-        ExitResult::Value(Value::Nil) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "no response sent"),
+        ExitResult::Value(Value::Nil) => {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "no response sent")
+        }
         ExitResult::Value(v) => json_response(StatusCode::OK, v.to_json()),
     }
 }
@@ -292,7 +317,10 @@ fn build_response(out: ResponseState) -> Response<Body> {
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
     for (k, v) in out.headers {
-        match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+        match (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) {
             (Ok(k), Ok(v)) => {
                 r.headers_mut().insert(k, v);
             }

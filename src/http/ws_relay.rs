@@ -59,12 +59,12 @@ struct Plan {
     metadata: Value,
 }
 
-fn parse_plan(state: &ServerState, header: &str) -> Result<Plan, Outcome> {
+fn parse_plan(state: &ServerState, header: &str) -> Result<Plan, Box<Outcome>> {
     let json: serde_json::Value = match serde_json::from_str(header) {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "X-WS-Relay is not valid JSON; answering without upgrade");
-            return Err(Outcome::PassThrough);
+            return Err(Box::new(Outcome::PassThrough));
         }
     };
     let target = json
@@ -72,7 +72,10 @@ fn parse_plan(state: &ServerState, header: &str) -> Result<Plan, Outcome> {
         .and_then(|v| v.as_str())
         .and_then(|s| state.node.procs.resolve(s));
     let Some(target) = target else {
-        return Err(Outcome::Reject(error_response(StatusCode::BAD_REQUEST, "invalid relay target")));
+        return Err(Box::new(Outcome::Reject(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid relay target",
+        ))));
     };
     let heartbeat = json
         .get("heartbeat_interval")
@@ -82,9 +85,16 @@ fn parse_plan(state: &ServerState, header: &str) -> Result<Plan, Outcome> {
         .unwrap_or(Duration::from_secs(30));
     Ok(Plan {
         target,
-        message_topic: Arc::from(json.get("message_topic").and_then(|v| v.as_str()).unwrap_or("ws.message")),
+        message_topic: Arc::from(
+            json.get("message_topic")
+                .and_then(|v| v.as_str())
+                .unwrap_or("ws.message"),
+        ),
         heartbeat,
-        metadata: json.get("metadata").map(Value::from_json).unwrap_or_else(|| Value::table(vec![], vec![])),
+        metadata: json
+            .get("metadata")
+            .map(Value::from_json)
+            .unwrap_or_else(|| Value::table(vec![], vec![])),
     })
 }
 
@@ -92,19 +102,27 @@ fn origin_allowed(opts: &WsRelayOptions, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let origin_host = origin.split("://").nth(1).unwrap_or(origin);
     if origin_host.eq_ignore_ascii_case(host) {
         return true;
     }
-    let Some(patterns) = &opts.allowed_origins else { return false };
+    let Some(patterns) = &opts.allowed_origins else {
+        return false;
+    };
     patterns.iter().any(|p| {
         if p == "*" {
             true
         } else if p.contains("://") {
             p.eq_ignore_ascii_case(origin)
         } else {
-            crate::lua::modules::process::glob(&p.to_ascii_lowercase(), &origin_host.to_ascii_lowercase())
+            crate::lua::modules::process::glob(
+                &p.to_ascii_lowercase(),
+                &origin_host.to_ascii_lowercase(),
+            )
         }
     })
 }
@@ -119,17 +137,29 @@ pub fn accept(
 ) -> Outcome {
     let plan = match parse_plan(state, header) {
         Ok(p) => p,
-        Err(outcome) => return outcome,
+        Err(outcome) => return *outcome,
     };
     if !origin_allowed(opts, &parts.headers) {
         return Outcome::Reject(error_response(StatusCode::FORBIDDEN, "origin not allowed"));
     }
     let (Some(on_upgrade), Some(key)) = (on_upgrade, parts.headers.get(SEC_WEBSOCKET_KEY)) else {
-        return Outcome::Reject(error_response(StatusCode::BAD_REQUEST, "not a WebSocket handshake"));
+        return Outcome::Reject(error_response(
+            StatusCode::BAD_REQUEST,
+            "not a WebSocket handshake",
+        ));
     };
-    if parts.headers.get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
-        let mut r = error_response(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version");
-        r.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+    if parts
+        .headers
+        .get("sec-websocket-version")
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut r = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version",
+        );
+        r.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("13"));
         return Outcome::Reject(r);
     }
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -143,7 +173,12 @@ pub fn accept(
                     .max_write_buffer_size(4 * MAX_FRAME)
                     .max_message_size(Some(MAX_FRAME))
                     .max_frame_size(Some(MAX_FRAME));
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 run_connection(state, ws, plan).await;
             }
             Err(e) => tracing::warn!(error = %e, "WebSocket upgrade failed"),
@@ -161,7 +196,10 @@ pub fn accept(
 }
 
 fn lifecycle(pid: &Pid, plan: &Plan, extra: Vec<(&str, Value)>) -> Value {
-    let mut fields = vec![("client_pid", Value::str(pid.to_string())), ("metadata", plan.metadata.clone())];
+    let mut fields = vec![
+        ("client_pid", Value::str(pid.to_string())),
+        ("metadata", plan.metadata.clone()),
+    ];
     fields.extend(extra);
     Value::record(fields)
 }
@@ -212,7 +250,11 @@ fn outbound(msg: Message) -> Outbound {
 fn raw_frame(payload: Value) -> WsMessage {
     let (kind, data) = match &payload {
         Value::Table(_) => (
-            payload.get("type").and_then(Value::as_str).unwrap_or("text").to_string(),
+            payload
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("text")
+                .to_string(),
             payload.get("data").cloned().unwrap_or(Value::Nil),
         ),
         _ => ("text".to_string(), payload.clone()),
@@ -240,13 +282,21 @@ where
     let pid = proc.pid.clone();
     CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     procs.monitor(&pid, &plan.target);
-    tell(&state, &pid, &plan.target, "ws.join", lifecycle(&pid, &plan, vec![]));
+    tell(
+        &state,
+        &pid,
+        &plan.target,
+        "ws.join",
+        lifecycle(&pid, &plan, vec![]),
+    );
 
     let (mut sink, mut stream) = ws.split();
     let started = Instant::now();
     let mut frames_in: i64 = 0;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let idle_limit = state.idle_timeout.unwrap_or(PING_INTERVAL * 3);
     let mut last_seen = Instant::now();
     let mut shutdown = state.shutdown.clone();
@@ -350,10 +400,19 @@ where
             }
         }
     };
-    tell(&state, &pid, &plan.target, "ws.leave", lifecycle(&pid, &plan, vec![("reason", Value::str(reason))]));
+    tell(
+        &state,
+        &pid,
+        &plan.target,
+        "ws.leave",
+        lifecycle(&pid, &plan, vec![("reason", Value::str(reason))]),
+    );
     procs.demonitor(&pid, &plan.target);
     CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
-    procs.exit(&pid, ExitResult::Value(Value::str("websocket connection closed")));
+    procs.exit(
+        &pid,
+        ExitResult::Value(Value::str("websocket connection closed")),
+    );
 }
 
 fn apply_control(
@@ -384,11 +443,23 @@ fn apply_control(
         .and_then(|s| state.node.procs.resolve(s))
     {
         let procs = &state.node.procs;
-        tell(state, pid, &plan.target, "ws.leave", lifecycle(pid, plan, vec![("reason", Value::str("retargeted"))]));
+        tell(
+            state,
+            pid,
+            &plan.target,
+            "ws.leave",
+            lifecycle(pid, plan, vec![("reason", Value::str("retargeted"))]),
+        );
         procs.demonitor(pid, &plan.target);
         plan.target = target;
         procs.monitor(pid, &plan.target);
-        tell(state, pid, &plan.target, "ws.join", lifecycle(pid, plan, vec![]));
+        tell(
+            state,
+            pid,
+            &plan.target,
+            "ws.join",
+            lifecycle(pid, plan, vec![]),
+        );
     }
 }
 
@@ -398,18 +469,30 @@ mod tests {
 
     #[test]
     fn ws_send_payloads_become_raw_frames() {
-        let t = Value::record([("type", Value::str("text")), ("data", Value::str("{\"a\":1}"))]);
+        let t = Value::record([
+            ("type", Value::str("text")),
+            ("data", Value::str("{\"a\":1}")),
+        ]);
         assert!(matches!(raw_frame(t), WsMessage::Text(s) if s.as_str() == "{\"a\":1}"));
         assert!(matches!(raw_frame(Value::str("hi")), WsMessage::Text(s) if s.as_str() == "hi"));
-        let b = Value::record([("type", Value::str("binary")), ("data", Value::str(vec![0u8, 1]))]);
+        let b = Value::record([
+            ("type", Value::str("binary")),
+            ("data", Value::str(vec![0u8, 1])),
+        ]);
         assert!(matches!(raw_frame(b), WsMessage::Binary(_)));
     }
 
     #[test]
     fn other_topics_are_wrapped() {
-        let m = Message { from: None, topic: Arc::from("alert"), payloads: vec![Value::Int(3)] };
+        let m = Message {
+            from: None,
+            topic: Arc::from("alert"),
+            payloads: vec![Value::Int(3)],
+        };
         match outbound(m) {
-            Outbound::Frame(WsMessage::Text(t)) => assert_eq!(t.as_str(), r#"{"topic":"alert","data":3}"#),
+            Outbound::Frame(WsMessage::Text(t)) => {
+                assert_eq!(t.as_str(), r#"{"topic":"alert","data":3}"#)
+            }
             _ => panic!("expected a text frame"),
         }
     }
@@ -418,15 +501,21 @@ mod tests {
     fn origins() {
         let mut h = HeaderMap::new();
         h.insert("host", "localhost:8081".parse().unwrap());
-        let none = WsRelayOptions { allowed_origins: None };
+        let none = WsRelayOptions {
+            allowed_origins: None,
+        };
         assert!(origin_allowed(&none, &h));
         h.insert("origin", "http://localhost:8081".parse().unwrap());
         assert!(origin_allowed(&none, &h));
         h.insert("origin", "http://evil.com".parse().unwrap());
         assert!(!origin_allowed(&none, &h));
-        let star = WsRelayOptions { allowed_origins: Some(vec!["*".into()]) };
+        let star = WsRelayOptions {
+            allowed_origins: Some(vec!["*".into()]),
+        };
         assert!(origin_allowed(&star, &h));
-        let glob = WsRelayOptions { allowed_origins: Some(vec!["*.example.com".into()]) };
+        let glob = WsRelayOptions {
+            allowed_origins: Some(vec!["*.example.com".into()]),
+        };
         h.insert("origin", "https://app.example.com".parse().unwrap());
         assert!(origin_allowed(&glob, &h));
     }

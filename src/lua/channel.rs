@@ -233,7 +233,10 @@ pub fn item_to_lua(lua: &Lua, item: Item) -> mlua::Result<mlua::Value> {
         Item::Value(v) => crate::lua::convert::to_lua(lua, &v),
         Item::Message(m) => crate::lua::modules::process::message_to_lua(lua, m),
         Item::Event(e) => crate::lua::modules::process::event_to_lua(lua, &e),
-        Item::Time(t) => crate::lua::modules::time::time_value(lua, crate::lua::modules::time::LuaTime::from_system(t)),
+        Item::Time(t) => crate::lua::modules::time::time_value(
+            lua,
+            crate::lua::modules::time::LuaTime::from_system(t),
+        ),
     }
 }
 
@@ -248,7 +251,11 @@ async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
     if list.is_empty() && !has_default {
         return Err(mlua::Error::runtime("channel.select: no cases"));
     }
-    let start = if list.len() > 1 { rand::random::<usize>() % list.len() } else { 0 };
+    let start = if list.len() > 1 {
+        rand::random::<usize>() % list.len()
+    } else {
+        0
+    };
     let ready = poll_fn(|cx| {
         for i in 0..list.len() {
             let idx = (start + i) % list.len();
@@ -328,7 +335,13 @@ pub fn register_time_async(lua: &Lua, time: &mlua::Table) -> mlua::Result<()> {
         lua.create_async_function(|lua, d: mlua::Value| async move {
             let d = match crate::lua::modules::time::duration_arg(&d) {
                 Ok(d) => d,
-                Err(e) => return crate::lua::errors::fail(&lua, crate::process::value::ErrorKind::Invalid, e),
+                Err(e) => {
+                    return crate::lua::errors::fail(
+                        &lua,
+                        crate::process::value::ErrorKind::Invalid,
+                        e,
+                    )
+                }
             };
             tokio::time::sleep(d).await;
             crate::lua::errors::ok(&lua, true)
@@ -350,9 +363,19 @@ pub fn register_time_async(lua: &Lua, time: &mlua::Table) -> mlua::Result<()> {
             Ok(d) => {
                 let core = ChanCore::new(Some(1));
                 let task = spawn_timer(core.clone(), d, None);
-                crate::lua::errors::ok(lua, Timer { core, task: RefCell::new(Some(task)) })
+                crate::lua::errors::ok(
+                    lua,
+                    Timer {
+                        core,
+                        task: RefCell::new(Some(task)),
+                    },
+                )
             }
-            Err(e) => crate::lua::errors::fail(lua, crate::process::value::ErrorKind::Invalid, e.to_string()),
+            Err(e) => crate::lua::errors::fail(
+                lua,
+                crate::process::value::ErrorKind::Invalid,
+                e.to_string(),
+            ),
         })?,
     )?;
     time.set(
@@ -361,9 +384,19 @@ pub fn register_time_async(lua: &Lua, time: &mlua::Table) -> mlua::Result<()> {
             Ok(d) => {
                 let core = ChanCore::new(Some(1));
                 let task = spawn_timer(core.clone(), d, Some(d));
-                crate::lua::errors::ok(lua, Timer { core, task: RefCell::new(Some(task)) })
+                crate::lua::errors::ok(
+                    lua,
+                    Timer {
+                        core,
+                        task: RefCell::new(Some(task)),
+                    },
+                )
             }
-            Err(e) => crate::lua::errors::fail(lua, crate::process::value::ErrorKind::Invalid, e.to_string()),
+            Err(e) => crate::lua::errors::fail(
+                lua,
+                crate::process::value::ErrorKind::Invalid,
+                e.to_string(),
+            ),
         })?,
     )?;
     Ok(())
@@ -378,7 +411,11 @@ fn positive_duration(v: &mlua::Value) -> mlua::Result<Duration> {
 }
 
 /// Spawns the timer task on this worker; it dies with the owning process.
-fn spawn_timer(core: Rc<ChanCore>, first: Duration, period: Option<Duration>) -> tokio::task::AbortHandle {
+fn spawn_timer(
+    core: Rc<ChanCore>,
+    first: Duration,
+    period: Option<Duration>,
+) -> tokio::task::AbortHandle {
     let weak = Rc::downgrade(&core);
     let handle = tokio::task::spawn_local(async move {
         match period {

@@ -27,7 +27,11 @@ thread_local! {
 }
 
 /// Compiles `code` (syntax errors come back as mlua's `chunk:line: message`).
-pub fn compile(entry: &EntryId, code: &LuaCode, is_process: bool) -> Result<Arc<CompiledCode>, String> {
+pub fn compile(
+    entry: &EntryId,
+    code: &LuaCode,
+    is_process: bool,
+) -> Result<Arc<CompiledCode>, String> {
     let bytecode = SCRATCH.with(|lua| {
         lua.load(code.source.as_str())
             .set_name(format!("@{}", code.chunk_name))

@@ -135,7 +135,8 @@ impl ProcCtx {
                 Signal::Message(msg) => self.route(msg),
                 Signal::Event(Event::LinkDown { from, error }) => {
                     if self.options.get().trap_links {
-                        self.events.push(Item::Event(Event::LinkDown { from, error }));
+                        self.events
+                            .push(Item::Event(Event::LinkDown { from, error }));
                     } else {
                         self.kill
                             .borrow_mut()
@@ -154,7 +155,11 @@ impl ProcCtx {
                 if l.as_message {
                     l.core.push(Item::Message(msg));
                 } else {
-                    let v = msg.payloads.into_iter().next().unwrap_or(crate::process::value::Value::Nil);
+                    let v = msg
+                        .payloads
+                        .into_iter()
+                        .next()
+                        .unwrap_or(crate::process::value::Value::Nil);
                     l.core.push(Item::Value(v));
                 }
                 return;
@@ -223,7 +228,9 @@ pub fn allowed_with_meta(action: &str, resource: &str, meta: &serde_json::Value)
         } else {
             meta.clone()
         };
-        c.security.borrow().allowed(action, resource, &meta, c.node.strict_mode)
+        c.security
+            .borrow()
+            .allowed(action, resource, &meta, c.node.strict_mode)
     })
     .unwrap_or(true)
 }

@@ -24,10 +24,16 @@ fn copy_in(v: &mlua::Value, stack: &mut Vec<*const std::ffi::c_void>) -> Result<
         mlua::Value::Table(t) => {
             let ptr = t.to_pointer();
             if stack.contains(&ptr) {
-                return Err(ErrorValue::new(ErrorKind::Invalid, "cannot copy a table with cycles"));
+                return Err(ErrorValue::new(
+                    ErrorKind::Invalid,
+                    "cannot copy a table with cycles",
+                ));
             }
             if stack.len() >= MAX_DEPTH {
-                return Err(ErrorValue::new(ErrorKind::Invalid, "table nested too deeply"));
+                return Err(ErrorValue::new(
+                    ErrorKind::Invalid,
+                    "table nested too deeply",
+                ));
             }
             stack.push(ptr);
             let len = t.raw_len();
@@ -60,7 +66,10 @@ fn copy_in(v: &mlua::Value, stack: &mut Vec<*const std::ffi::c_void>) -> Result<
 }
 
 fn invalid_type(name: &str) -> ErrorValue {
-    ErrorValue::new(ErrorKind::Invalid, format!("cannot send a {name} to another process"))
+    ErrorValue::new(
+        ErrorKind::Invalid,
+        format!("cannot send a {name} to another process"),
+    )
 }
 
 fn internal(e: mlua::Error) -> ErrorValue {
@@ -129,9 +138,20 @@ mod tests {
         let lua = Lua::new();
         let v: mlua::Value = lua.load("return {inner = {n = 1}}").eval().unwrap();
         let owned = from_lua(&v).unwrap();
-        v.as_table().unwrap().get::<mlua::Table>("inner").unwrap().set("n", 2).unwrap();
+        v.as_table()
+            .unwrap()
+            .get::<mlua::Table>("inner")
+            .unwrap()
+            .set("n", 2)
+            .unwrap();
         let back = to_lua(&lua, &owned).unwrap();
-        let n: i64 = back.as_table().unwrap().get::<mlua::Table>("inner").unwrap().get("n").unwrap();
+        let n: i64 = back
+            .as_table()
+            .unwrap()
+            .get::<mlua::Table>("inner")
+            .unwrap()
+            .get("n")
+            .unwrap();
         assert_eq!(n, 1);
     }
 }

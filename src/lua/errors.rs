@@ -18,7 +18,9 @@ impl UserData for LuaError {
             None => Ok(mlua::Value::Nil),
         });
         methods.add_method("stack", |_, _, ()| Ok(mlua::Value::Nil));
-        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.message.clone()));
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(this.0.message.clone())
+        });
         methods.add_meta_method(MetaMethod::Eq, |_, this, other: mlua::AnyUserData| {
             Ok(other
                 .borrow::<LuaError>()
@@ -29,19 +31,34 @@ impl UserData for LuaError {
 }
 
 /// Builds an error object value.
-pub fn error_object(lua: &Lua, kind: ErrorKind, message: impl Into<String>) -> mlua::Result<mlua::Value> {
+pub fn error_object(
+    lua: &Lua,
+    kind: ErrorKind,
+    message: impl Into<String>,
+) -> mlua::Result<mlua::Value> {
     lua.create_userdata(LuaError(Arc::new(ErrorValue::new(kind, message))))
         .map(mlua::Value::UserData)
 }
 
 /// The conventional failure return: `nil, err`.
-pub fn fail(lua: &Lua, kind: ErrorKind, message: impl Into<String>) -> mlua::Result<(mlua::Value, mlua::Value)> {
+pub fn fail(
+    lua: &Lua,
+    kind: ErrorKind,
+    message: impl Into<String>,
+) -> mlua::Result<(mlua::Value, mlua::Value)> {
     Ok((mlua::Value::Nil, error_object(lua, kind, message)?))
 }
 
 /// Failure return for functions whose value slot is a boolean (`false, err`).
-pub fn fail_false(lua: &Lua, kind: ErrorKind, message: impl Into<String>) -> mlua::Result<(mlua::Value, mlua::Value)> {
-    Ok((mlua::Value::Boolean(false), error_object(lua, kind, message)?))
+pub fn fail_false(
+    lua: &Lua,
+    kind: ErrorKind,
+    message: impl Into<String>,
+) -> mlua::Result<(mlua::Value, mlua::Value)> {
+    Ok((
+        mlua::Value::Boolean(false),
+        error_object(lua, kind, message)?,
+    ))
 }
 
 /// Success return: `value, nil`.
@@ -99,15 +116,23 @@ pub fn register(lua: &Lua, globals: &mlua::Table) -> mlua::Result<()> {
                     let details: mlua::Value = t.get("details")?;
                     ErrorValue {
                         message: message.unwrap_or_default(),
-                        kind: kind.and_then(|k| ErrorKind::from_str(&k)).unwrap_or(ErrorKind::Unknown),
+                        kind: kind
+                            .and_then(|k| ErrorKind::parse(&k))
+                            .unwrap_or(ErrorKind::Unknown),
                         retryable,
                         details: match details {
                             mlua::Value::Nil => None,
-                            d => Some(crate::lua::convert::from_lua(&d).map_err(mlua::Error::external)?),
+                            d => Some(
+                                crate::lua::convert::from_lua(&d).map_err(mlua::Error::external)?,
+                            ),
                         },
                     }
                 }
-                _ => return Err(mlua::Error::runtime("errors.new expects a string or a table")),
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "errors.new expects a string or a table",
+                    ))
+                }
             };
             lua.create_userdata(LuaError(Arc::new(ev)))
         })?,
@@ -129,14 +154,21 @@ pub fn register(lua: &Lua, globals: &mlua::Table) -> mlua::Result<()> {
     errors.set(
         "is",
         lua.create_function(|_, (err, kind): (mlua::Value, mlua::Value)| {
-            let Some(e) = as_error_value(&err) else { return Ok(false) };
+            let Some(e) = as_error_value(&err) else {
+                return Ok(false);
+            };
             Ok(match kind {
                 mlua::Value::String(s) => e.kind.as_str() == s.to_str()?.as_ref() as &str,
-                other => as_error_value(&other).map(|k| k.kind == e.kind).unwrap_or(false),
+                other => as_error_value(&other)
+                    .map(|k| k.kind == e.kind)
+                    .unwrap_or(false),
             })
         })?,
     )?;
-    errors.set("call_stack", lua.create_function(|_, _: mlua::Value| Ok(mlua::Value::Nil))?)?;
+    errors.set(
+        "call_stack",
+        lua.create_function(|_, _: mlua::Value| Ok(mlua::Value::Nil))?,
+    )?;
     globals.set("errors", crate::lua::sandbox::read_only(lua, errors)?)?;
     Ok(())
 }

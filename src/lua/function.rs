@@ -25,7 +25,10 @@ pub async fn call_handler(
     struct Release<'a>(&'a Node, crate::process::pid::Pid);
     impl Drop for Release<'_> {
         fn drop(&mut self) {
-            self.0.procs.exit(&self.1, ExitResult::Value(crate::process::value::Value::Nil));
+            self.0.procs.exit(
+                &self.1,
+                ExitResult::Value(crate::process::value::Value::Nil),
+            );
         }
     }
     let _release = Release(node, pid);

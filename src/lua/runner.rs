@@ -47,9 +47,10 @@ pub fn spawn_process(
             format!("process host {host} is not running"),
         ));
     }
-    let proc = node
-        .procs
-        .register(Arc::from(host.to_string()), Arc::from(code.entry.to_string()));
+    let proc = node.procs.register(
+        Arc::from(host.to_string()),
+        Arc::from(code.entry.to_string()),
+    );
     let pid = proc.pid.clone();
     if let Some(name) = &opts.name {
         if let Err(e) = node.procs.register_name(name, &pid) {
@@ -96,7 +97,11 @@ async fn run(
                     ctx = ProcCtx::upgraded(&ctx, code);
                     args = new_args;
                 }
-                None => break ExitResult::Error(format!("upgrade failed: {entry} is not a process.lua entry")),
+                None => {
+                    break ExitResult::Error(format!(
+                        "upgrade failed: {entry} is not a process.lua entry"
+                    ))
+                }
             },
             None => break result,
         }
@@ -123,7 +128,9 @@ struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         if !self.done {
-            self.node.procs.exit(&self.pid, ExitResult::Error("terminated".into()));
+            self.node
+                .procs
+                .exit(&self.pid, ExitResult::Error("terminated".into()));
         }
     }
 }
@@ -219,7 +226,9 @@ impl Future for ProcTask {
         let polled = context::enter(&ctx, || {
             ctx.slice_start.set(std::time::Instant::now());
             ctx.running_thread.set(ptr);
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut *fut).poll(cx)))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Pin::new(&mut *fut).poll(cx)
+            }))
         });
         match polled {
             Ok(Poll::Pending) => {
@@ -274,7 +283,11 @@ pub fn lua_error_message(e: &mlua::Error) -> String {
         mlua::Error::ExternalError(ext) => ext.to_string(),
         other => other.to_string(),
     };
-    text.split("\nstack traceback:").next().unwrap_or_default().trim_end().to_string()
+    text.split("\nstack traceback:")
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
 }
 
 /// `require` of an `imports` alias: the imported entry's chunk, run once per worker state.

@@ -21,7 +21,10 @@ pub fn read_only(lua: &Lua, t: Table) -> mlua::Result<Table> {
             Ok((next, original.clone(), mlua::Value::Nil))
         })?,
     )?;
-    mt.set("__len", lua.create_function(move |_, _: mlua::Value| Ok(t.raw_len()))?)?;
+    mt.set(
+        "__len",
+        lua.create_function(move |_, _: mlua::Value| Ok(t.raw_len()))?,
+    )?;
     mt.set("__metatable", false)?;
     mt.set("__readonly", true)?;
     proxy.set_metatable(Some(mt))?;
@@ -50,11 +53,18 @@ mod tests {
         let lua = Lua::new();
         let t = lua.create_table().unwrap();
         t.set("a", 1).unwrap();
-        lua.globals().set("ro", read_only(&lua, t).unwrap()).unwrap();
-        lua.globals().set("rawset", guarded_rawset(&lua).unwrap()).unwrap();
+        lua.globals()
+            .set("ro", read_only(&lua, t).unwrap())
+            .unwrap();
+        lua.globals()
+            .set("rawset", guarded_rawset(&lua).unwrap())
+            .unwrap();
         assert!(lua.load("ro.b = 2").exec().is_err());
         assert!(lua.load("rawset(ro, 'b', 2)").exec().is_err());
-        let n: i64 = lua.load("local n = 0 for k, v in pairs(ro) do n = n + v end return n").eval().unwrap();
+        let n: i64 = lua
+            .load("local n = 0 for k, v in pairs(ro) do n = n + v end return n")
+            .eval()
+            .unwrap();
         assert_eq!(n, 1);
         assert_eq!(lua.load("return ro.a").eval::<i64>().unwrap(), 1);
     }

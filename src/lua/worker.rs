@@ -51,8 +51,23 @@ impl WorkerLua {
         let g = lua.globals();
         let base = lua.create_table()?;
         for name in [
-            "assert", "error", "pcall", "xpcall", "type", "tostring", "tonumber", "pairs", "ipairs",
-            "next", "select", "getmetatable", "setmetatable", "rawget", "rawset", "rawequal", "_VERSION",
+            "assert",
+            "error",
+            "pcall",
+            "xpcall",
+            "type",
+            "tostring",
+            "tonumber",
+            "pairs",
+            "ipairs",
+            "next",
+            "select",
+            "getmetatable",
+            "setmetatable",
+            "rawget",
+            "rawset",
+            "rawequal",
+            "_VERSION",
         ] {
             base.raw_set(name, g.raw_get::<mlua::Value>(name)?)?;
         }
@@ -129,11 +144,24 @@ impl WorkerLua {
             .set_name("=bootstrap")
             .eval()?;
 
-        lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), preemption_hook)?;
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            preemption_hook,
+        )?;
 
         // Drop what the sandbox does not offer from the real globals too, so nothing leaks
         // through a shared function's environment.
-        for name in ["load", "loadstring", "loadfile", "dofile", "collectgarbage", "require", "package", "io", "debug"] {
+        for name in [
+            "load",
+            "loadstring",
+            "loadfile",
+            "dofile",
+            "collectgarbage",
+            "require",
+            "package",
+            "io",
+            "debug",
+        ] {
             g.raw_set(name, mlua::Value::Nil)?;
         }
 
@@ -166,7 +194,9 @@ impl WorkerLua {
             .set_name(format!("@{}", code.chunk_name))
             .set_environment(self.new_env()?)
             .call(())?;
-        self.imports.borrow_mut().insert(code.version, table.clone());
+        self.imports
+            .borrow_mut()
+            .insert(code.version, table.clone());
         Ok(table)
     }
 
@@ -180,7 +210,9 @@ impl WorkerLua {
             return Ok(None);
         };
         let table = read_only(lua, table)?;
-        self.modules.borrow_mut().insert(name.to_string(), table.clone());
+        self.modules
+            .borrow_mut()
+            .insert(name.to_string(), table.clone());
         Ok(Some(table))
     }
 }
@@ -195,7 +227,9 @@ fn require(_lua: &Lua, name: String) -> mlua::Result<Table> {
     if let Some(target) = ctx.code.imports.get(&name) {
         return crate::lua::runner::load_import(&ctx, target);
     }
-    Err(mlua::Error::runtime(format!("module not available: {name}")))
+    Err(mlua::Error::runtime(format!(
+        "module not available: {name}"
+    )))
 }
 
 fn preemption_hook(lua: &Lua, _debug: &mlua::Debug) -> mlua::Result<VmState> {

@@ -51,7 +51,10 @@ impl Mailbox {
             if inner.closed {
                 return Err(PushError::Closed);
             }
-            if inner.limit > 0 && matches!(signal, Signal::Message(_)) && inner.queue.len() >= inner.limit {
+            if inner.limit > 0
+                && matches!(signal, Signal::Message(_))
+                && inner.queue.len() >= inner.limit
+            {
                 let first = !inner.overflowed;
                 inner.overflowed = true;
                 if !first {

@@ -42,7 +42,10 @@ impl Scheduler {
                             if let Err(panic) =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
                             {
-                                tracing::error!(panic = panic_message(&panic), "worker job panicked");
+                                tracing::error!(
+                                    panic = panic_message(&panic),
+                                    "worker job panicked"
+                                );
                             }
                         }
                     });
@@ -113,8 +116,14 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         s.submit_to(0, Box::new(|| panic!("boom")));
         let tx2 = tx.clone();
-        s.submit_to(0, Box::new(move || tx2.send(Scheduler::current_worker()).unwrap()));
-        s.submit_to(1, Box::new(move || tx.send(Scheduler::current_worker()).unwrap()));
+        s.submit_to(
+            0,
+            Box::new(move || tx2.send(Scheduler::current_worker()).unwrap()),
+        );
+        s.submit_to(
+            1,
+            Box::new(move || tx.send(Scheduler::current_worker()).unwrap()),
+        );
         let mut got = [rx.recv().unwrap(), rx.recv().unwrap()];
         got.sort();
         assert_eq!(got, [Some(0), Some(1)]);

@@ -107,7 +107,8 @@ pub fn supervise(
                             "service failed {failures} times in a row; giving up (max_attempts = {max})");
                         return;
                     }
-                    let delay = with_jitter(backoff(&lifecycle, failures), lifecycle.restart.jitter);
+                    let delay =
+                        with_jitter(backoff(&lifecycle, failures), lifecycle.restart.jitter);
                     tracing::warn!(service = %id, %error, attempt = failures, delay_ms = delay.as_millis() as u64,
                         "service failed; restarting after backoff");
                     tokio::select! {

@@ -69,7 +69,12 @@ impl ProcessTable {
         self.register_with(host, entry, Mailbox::default())
     }
 
-    pub fn register_with(&self, host: Arc<str>, entry: Arc<str>, mailbox: Mailbox) -> Arc<ProcessEntry> {
+    pub fn register_with(
+        &self,
+        host: Arc<str>,
+        entry: Arc<str>,
+        mailbox: Mailbox,
+    ) -> Arc<ProcessEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let proc = Arc::new(ProcessEntry {
             pid: Pid::new(id, host),
@@ -284,7 +289,13 @@ impl ProcessTable {
     pub fn all(&self) -> Vec<Arc<ProcessEntry>> {
         self.shards
             .iter()
-            .flat_map(|s| s.lock().expect("process table lock").values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| {
+                s.lock()
+                    .expect("process table lock")
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 }
@@ -319,9 +330,14 @@ mod tests {
     fn monitor_gets_exit_with_result() {
         let (t, a, b) = table_with_two();
         t.monitor(&a.pid, &b.pid);
-        t.exit(&b.pid, ExitResult::Value(crate::process::value::Value::Int(1)));
+        t.exit(
+            &b.pid,
+            ExitResult::Value(crate::process::value::Value::Int(1)),
+        );
         let ev = events(&a);
-        assert!(matches!(&ev[..], [Event::Exit { from, result: ExitResult::Value(_) }] if *from == b.pid));
+        assert!(
+            matches!(&ev[..], [Event::Exit { from, result: ExitResult::Value(_) }] if *from == b.pid)
+        );
     }
 
     #[test]
@@ -329,7 +345,9 @@ mod tests {
         let (t, a, b) = table_with_two();
         t.exit(&b.pid, ExitResult::Error("x".into()));
         t.monitor(&a.pid, &b.pid);
-        assert!(matches!(&events(&a)[..], [Event::Exit { result: ExitResult::Error(e), .. }] if e == "process not found"));
+        assert!(
+            matches!(&events(&a)[..], [Event::Exit { result: ExitResult::Error(e), .. }] if e == "process not found")
+        );
     }
 
     #[test]
@@ -349,7 +367,10 @@ mod tests {
         let (t, a, b) = table_with_two();
         t.register_name("svc", &a.pid).unwrap();
         t.register_name("svc", &a.pid).unwrap();
-        assert_eq!(t.register_name("svc", &b.pid), Err(TableError::AlreadyExists));
+        assert_eq!(
+            t.register_name("svc", &b.pid),
+            Err(TableError::AlreadyExists)
+        );
         t.exit(&a.pid, ExitResult::Value(crate::process::value::Value::Nil));
         assert_eq!(t.lookup("svc"), None);
         t.register_name("svc", &b.pid).unwrap();
@@ -362,6 +383,13 @@ mod tests {
         let s = a.pid.to_string();
         t.exit(&a.pid, ExitResult::Value(crate::process::value::Value::Nil));
         let pid = t.resolve(&s).unwrap();
-        assert!(!t.send(&pid, Message { from: None, topic: Arc::from("x"), payloads: vec![] }));
+        assert!(!t.send(
+            &pid,
+            Message {
+                from: None,
+                topic: Arc::from("x"),
+                payloads: vec![]
+            }
+        ));
     }
 }

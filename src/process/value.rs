@@ -88,7 +88,7 @@ impl ErrorKind {
         }
     }
 
-    pub fn from_str(s: &str) -> Option<ErrorKind> {
+    pub fn parse(s: &str) -> Option<ErrorKind> {
         ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
@@ -164,7 +164,9 @@ impl Value {
             Value::Nil => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or(J::Null),
             Value::Str(b) => match std::str::from_utf8(b) {
                 Ok(s) => J::String(s.to_owned()),
                 Err(_) => {
@@ -240,7 +242,7 @@ mod tests {
     #[test]
     fn error_kind_strings_round_trip() {
         for k in ErrorKind::ALL {
-            assert_eq!(ErrorKind::from_str(k.as_str()), Some(k));
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
         }
     }
 }

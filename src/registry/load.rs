@@ -1540,17 +1540,16 @@ mod tests {
         EntryId::resolve(s, "app").unwrap()
     }
 
+    /// The app's registry (the tutorial's entries) with its scripts, in a fresh project root.
     fn tutorial() -> tempfile::TempDir {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registry/tutorial");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("registry")).unwrap();
-        for item in std::fs::read_dir(src).unwrap() {
-            let item = item.unwrap();
-            std::fs::copy(
-                item.path(),
-                root.path().join("registry").join(item.file_name()),
-            )
-            .unwrap();
+        for dir in ["registry", "scripts"] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+            for item in std::fs::read_dir(repo.join(dir)).unwrap() {
+                let item = item.unwrap();
+                std::fs::copy(item.path(), root.path().join(dir).join(item.file_name())).unwrap();
+            }
         }
         root
     }
@@ -1622,7 +1621,7 @@ mod tests {
         let EntryKind::LuaProcess(code) = kind("ticker") else {
             panic!()
         };
-        assert_eq!(code.chunk_name, "registry/ticker.lua");
+        assert_eq!(code.chunk_name, "scripts/ticker.lua");
         assert_eq!(code.method, "main");
         assert!(code
             .source
@@ -1645,7 +1644,7 @@ mod tests {
         assert!(watched.iter().any(|p| p.ends_with("registry/_index.yaml")));
         assert!(watched
             .iter()
-            .any(|p| p.ends_with("registry/ws_handler.lua")));
+            .any(|p| p.ends_with("scripts/ws_handler.lua")));
     }
 
     #[test]

@@ -268,6 +268,16 @@ mod tests {
     }
 
     #[test]
+    fn shared_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<PolicySet>();
+        check::<SecurityContext>();
+        check::<Scope>();
+        check::<CompiledPolicy>();
+        check::<token::TokenStore>();
+    }
+
+    #[test]
     fn can_needs_actor_and_scope() {
         let s = set();
         let meta = J::Null;

@@ -17,7 +17,9 @@ pub struct TokenAuth {
 }
 
 fn option<'a>(opts: &'a BTreeMap<String, String>, key: &str, legacy: &str) -> Option<&'a str> {
-    opts.get(key).or_else(|| opts.get(legacy)).map(String::as_str)
+    opts.get(key)
+        .or_else(|| opts.get(legacy))
+        .map(String::as_str)
 }
 
 impl TokenAuth {
@@ -43,17 +45,27 @@ impl TokenAuth {
 
     /// The token carried by the request, header first, then query, then cookie.
     pub fn extract(&self, headers: &HeaderMap, query: &[(String, String)]) -> Option<String> {
-        if let Some(v) = headers.get(self.header_name.as_str()).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = headers
+            .get(self.header_name.as_str())
+            .and_then(|v| v.to_str().ok())
+        {
             if let Some(t) = v.strip_prefix(self.header_prefix.as_str()) {
                 if !t.trim().is_empty() {
                     return Some(t.trim().to_string());
                 }
             }
         }
-        if let Some((_, v)) = query.iter().find(|(k, v)| *k == self.query_param && !v.is_empty()) {
+        if let Some((_, v)) = query
+            .iter()
+            .find(|(k, v)| *k == self.query_param && !v.is_empty())
+        {
             return Some(v.clone());
         }
-        for cookie in headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()) {
+        for cookie in headers
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
             for part in cookie.split(';') {
                 if let Some((k, v)) = part.trim().split_once('=') {
                     if k == self.cookie_name && !v.is_empty() {
@@ -66,7 +78,12 @@ impl TokenAuth {
     }
 
     /// The security context of a valid token, or `None` (logged) for anything else.
-    pub fn authenticate(&self, node: &Node, headers: &HeaderMap, query: &[(String, String)]) -> Option<SecurityContext> {
+    pub fn authenticate(
+        &self,
+        node: &Node,
+        headers: &HeaderMap,
+        query: &[(String, String)],
+    ) -> Option<SecurityContext> {
         let token = self.extract(headers, query)?;
         let Some(store) = node.token_store(&self.store) else {
             tracing::warn!(store = %self.store, "token_auth: token store unavailable");

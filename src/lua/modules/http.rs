@@ -46,7 +46,10 @@ impl ResponseState {
     }
 
     pub fn remove_header(&mut self, name: &str) -> Option<String> {
-        let pos = self.headers.iter().position(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        let pos = self
+            .headers
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))?;
         Some(self.headers.remove(pos).1)
     }
 }
@@ -64,7 +67,9 @@ pub fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
 
 fn decode(s: &str) -> String {
     let s = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn frame() -> Option<Rc<HttpFrame>> {
@@ -79,7 +84,12 @@ impl UserData for Request {
         m.add_method("method", |_, this, ()| Ok(this.0.method.clone()));
         m.add_method("path", |_, this, ()| Ok(this.0.path.clone()));
         m.add_method("param", |_, this, name: String| {
-            Ok(this.0.params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
+            Ok(this
+                .0
+                .params
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone()))
         });
         m.add_method("params", |lua, this, ()| {
             let t = lua.create_table()?;
@@ -89,7 +99,12 @@ impl UserData for Request {
             Ok(t)
         });
         m.add_method("query", |_, this, name: String| {
-            Ok(this.0.query.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
+            Ok(this
+                .0
+                .query
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone()))
         });
         m.add_method("query_params", |lua, this, ()| {
             let t = lua.create_table()?;
@@ -122,7 +137,12 @@ impl UserData for Request {
             Ok(t)
         });
         m.add_method("content_type", |_, this, ()| {
-            Ok(this.0.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string))
+            Ok(this
+                .0
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string))
         });
         m.add_method("content_length", |_, this, ()| {
             Ok(this
@@ -134,10 +154,18 @@ impl UserData for Request {
                 .unwrap_or(-1))
         });
         m.add_method("host", |_, this, ()| {
-            Ok(this.0.headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("").to_string())
+            Ok(this
+                .0
+                .headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string())
         });
         m.add_method("remote_addr", |_, this, ()| Ok(this.0.remote_addr.clone()));
-        m.add_method("body", |lua, this, ()| ok(lua, lua.create_string(&this.0.body)?));
+        m.add_method("body", |lua, this, ()| {
+            ok(lua, lua.create_string(&this.0.body)?)
+        });
         m.add_method("has_body", |_, this, ()| Ok(!this.0.body.is_empty()));
         m.add_method("body_json", |lua, this, ()| {
             if this.0.body.is_empty() {
@@ -149,7 +177,12 @@ impl UserData for Request {
             }
         });
         m.add_method("accepts", |_, this, t: String| {
-            let accept = this.0.headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let accept = this
+                .0
+                .headers
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             Ok(accept.split(',').any(|a| {
                 let a = a.split(';').next().unwrap_or("").trim();
                 a == t || a == "*/*"
@@ -172,7 +205,12 @@ fn value_string(v: &mlua::Value) -> mlua::Result<String> {
         mlua::Value::Integer(i) => i.to_string(),
         mlua::Value::Number(n) => n.to_string(),
         mlua::Value::Boolean(b) => b.to_string(),
-        other => return Err(mlua::Error::runtime(format!("expected a string, got {}", other.type_name()))),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "expected a string, got {}",
+                other.type_name()
+            )))
+        }
     })
 }
 
@@ -180,18 +218,25 @@ impl UserData for Response {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("set_status", |lua, this, code: i64| {
             if !(100..=999).contains(&code) {
-                return Ok(Some(crate::lua::errors::error_object(lua, ErrorKind::Invalid, "invalid status code")?));
+                return Ok(Some(crate::lua::errors::error_object(
+                    lua,
+                    ErrorKind::Invalid,
+                    "invalid status code",
+                )?));
             }
             let mut r = this.0.response.borrow_mut();
             r.status = Some(code as u16);
             r.touched = true;
             Ok(None)
         });
-        m.add_method("set_header", |_, this, (name, value): (String, mlua::Value)| {
-            let value = value_string(&value)?;
-            this.0.response.borrow_mut().set_header(&name, value);
-            Ok(mlua::Value::Nil)
-        });
+        m.add_method(
+            "set_header",
+            |_, this, (name, value): (String, mlua::Value)| {
+                let value = value_string(&value)?;
+                this.0.response.borrow_mut().set_header(&name, value);
+                Ok(mlua::Value::Nil)
+            },
+        );
         m.add_method("set_content_type", |_, this, ct: String| {
             this.0.response.borrow_mut().set_header("Content-Type", ct);
             Ok(mlua::Value::Nil)
@@ -209,7 +254,13 @@ impl UserData for Response {
         m.add_method("write_json", |lua, this, v: mlua::Value| {
             let encoded = match crate::lua::modules::json::encode_value(&v) {
                 Ok(s) => s,
-                Err(e) => return Ok(Some(crate::lua::errors::error_object(lua, ErrorKind::Internal, e)?)),
+                Err(e) => {
+                    return Ok(Some(crate::lua::errors::error_object(
+                        lua,
+                        ErrorKind::Internal,
+                        e,
+                    )?))
+                }
             };
             let mut r = this.0.response.borrow_mut();
             if r.header("Content-Type").is_none() {
@@ -225,7 +276,9 @@ impl UserData for Response {
         });
         m.add_method("set_transfer", |_, this, mode: String| {
             if mode != "chunked" && mode != "sse" {
-                return Err(mlua::Error::runtime(format!("unsupported transfer mode {mode}")));
+                return Err(mlua::Error::runtime(format!(
+                    "unsupported transfer mode {mode}"
+                )));
             }
             this.0.response.borrow_mut().touched = true;
             Ok(mlua::Value::Nil)
@@ -233,7 +286,8 @@ impl UserData for Response {
         m.add_method("write_event", |_, this, ev: Table| {
             let name: Option<String> = ev.get("name")?;
             let data: mlua::Value = ev.get("data")?;
-            let data = crate::lua::modules::json::encode_value(&data).map_err(mlua::Error::runtime)?;
+            let data =
+                crate::lua::modules::json::encode_value(&data).map_err(mlua::Error::runtime)?;
             let mut r = this.0.response.borrow_mut();
             if r.header("Content-Type").is_none() {
                 r.set_header("Content-Type", "text/event-stream".into());
@@ -241,7 +295,8 @@ impl UserData for Response {
             if let Some(n) = name {
                 r.body.extend_from_slice(format!("event: {n}\n").as_bytes());
             }
-            r.body.extend_from_slice(format!("data: {data}\n\n").as_bytes());
+            r.body
+                .extend_from_slice(format!("data: {data}\n\n").as_bytes());
             r.touched = true;
             Ok(mlua::Value::Nil)
         });
@@ -271,14 +326,35 @@ pub fn loader(lua: &Lua) -> mlua::Result<Table> {
     t.set("METHOD", methods)?;
     let status = lua.create_table()?;
     for (name, code) in [
-        ("OK", 200), ("CREATED", 201), ("ACCEPTED", 202), ("NO_CONTENT", 204), ("PARTIAL_CONTENT", 206),
-        ("MOVED_PERMANENTLY", 301), ("FOUND", 302), ("SEE_OTHER", 303), ("NOT_MODIFIED", 304),
-        ("TEMPORARY_REDIRECT", 307), ("PERMANENT_REDIRECT", 308), ("BAD_REQUEST", 400),
-        ("UNAUTHORIZED", 401), ("PAYMENT_REQUIRED", 402), ("FORBIDDEN", 403), ("NOT_FOUND", 404),
-        ("METHOD_NOT_ALLOWED", 405), ("NOT_ACCEPTABLE", 406), ("CONFLICT", 409), ("GONE", 410),
-        ("UNPROCESSABLE", 422), ("TOO_MANY_REQUESTS", 429), ("INTERNAL_ERROR", 500),
-        ("INTERNAL_SERVER_ERROR", 500), ("NOT_IMPLEMENTED", 501), ("BAD_GATEWAY", 502),
-        ("SERVICE_UNAVAILABLE", 503), ("GATEWAY_TIMEOUT", 504), ("VERSION_NOT_SUPPORTED", 505),
+        ("OK", 200),
+        ("CREATED", 201),
+        ("ACCEPTED", 202),
+        ("NO_CONTENT", 204),
+        ("PARTIAL_CONTENT", 206),
+        ("MOVED_PERMANENTLY", 301),
+        ("FOUND", 302),
+        ("SEE_OTHER", 303),
+        ("NOT_MODIFIED", 304),
+        ("TEMPORARY_REDIRECT", 307),
+        ("PERMANENT_REDIRECT", 308),
+        ("BAD_REQUEST", 400),
+        ("UNAUTHORIZED", 401),
+        ("PAYMENT_REQUIRED", 402),
+        ("FORBIDDEN", 403),
+        ("NOT_FOUND", 404),
+        ("METHOD_NOT_ALLOWED", 405),
+        ("NOT_ACCEPTABLE", 406),
+        ("CONFLICT", 409),
+        ("GONE", 410),
+        ("UNPROCESSABLE", 422),
+        ("TOO_MANY_REQUESTS", 429),
+        ("INTERNAL_ERROR", 500),
+        ("INTERNAL_SERVER_ERROR", 500),
+        ("NOT_IMPLEMENTED", 501),
+        ("BAD_GATEWAY", 502),
+        ("SERVICE_UNAVAILABLE", 503),
+        ("GATEWAY_TIMEOUT", 504),
+        ("VERSION_NOT_SUPPORTED", 505),
     ] {
         status.set(name, code)?;
     }
@@ -295,7 +371,12 @@ pub fn loader(lua: &Lua) -> mlua::Result<Table> {
     transfer.set("SSE", "sse")?;
     t.set("TRANSFER", transfer)?;
     let errs = lua.create_table()?;
-    for e in ["PARSE_FAILED", "INVALID_STATE", "WRITE_FAILED", "STREAM_ERROR"] {
+    for e in [
+        "PARSE_FAILED",
+        "INVALID_STATE",
+        "WRITE_FAILED",
+        "STREAM_ERROR",
+    ] {
         errs.set(e, e)?;
     }
     t.set("ERROR", errs)?;

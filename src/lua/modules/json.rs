@@ -443,6 +443,10 @@ mod tests {
             assert(v == nil and errors.is(err, errors.INTERNAL))
             v, err = json.decode(string.rep("[", 200) .. string.rep("]", 200))
             assert(v == nil and errors.is(err, errors.INTERNAL))
+            -- serde_json's fixed recursion limit: 127 levels decode, 128 do not.
+            assert(json.decode(string.rep("[", 127) .. string.rep("]", 127)))
+            v, err = json.decode(string.rep("[", 128) .. string.rep("]", 128))
+            assert(v == nil and errors.is(err, errors.INTERNAL))
             local s, e2 = json.encode({1, nil, 3})
             assert(s == nil and errors.is(e2, errors.INTERNAL))
             "#,

@@ -26,10 +26,14 @@ pub struct LuaMessage(pub Message);
 impl UserData for LuaMessage {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("topic", |_, this, ()| Ok(this.0.topic.to_string()));
-        methods.add_method("from", |_, this, ()| Ok(this.0.from.as_ref().map(|p| p.to_string())));
+        methods.add_method("from", |_, this, ()| {
+            Ok(this.0.from.as_ref().map(|p| p.to_string()))
+        });
         methods.add_method("payload", |lua, this, ()| match this.0.payloads.len() {
             0 => Ok(mlua::Value::Nil),
-            1 => Ok(mlua::Value::UserData(lua.create_userdata(Payload(this.0.payloads[0].clone()))?)),
+            1 => Ok(mlua::Value::UserData(
+                lua.create_userdata(Payload(this.0.payloads[0].clone()))?,
+            )),
             _ => {
                 let t = lua.create_table()?;
                 for (i, p) in this.0.payloads.iter().enumerate() {
@@ -47,7 +51,9 @@ pub struct Payload(pub Value);
 
 impl UserData for Payload {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("data", |lua, this, ()| ok(lua, convert::to_lua(lua, &this.0)?));
+        methods.add_method("data", |lua, this, ()| {
+            ok(lua, convert::to_lua(lua, &this.0)?)
+        });
         methods.add_method("get_format", |_, _, ()| Ok("lua"));
     }
 }
@@ -159,10 +165,17 @@ fn pid_meta(ctx: &ProcCtx) -> serde_json::Value {
     serde_json::json!({"pid": ctx.pid().to_string()})
 }
 
-fn send(lua: &Lua, (dest, topic, payloads): (mlua::Value, String, Variadic<mlua::Value>)) -> mlua::Result<LuaPair> {
+fn send(
+    lua: &Lua,
+    (dest, topic, payloads): (mlua::Value, String, Variadic<mlua::Value>),
+) -> mlua::Result<LuaPair> {
     let ctx = context::require_current()?;
     if topic.starts_with('@') {
-        return fail(lua, ErrorKind::Invalid, "topics starting with @ are reserved");
+        return fail(
+            lua,
+            ErrorKind::Invalid,
+            "topics starting with @ are reserved",
+        );
     }
     let dest = dest_arg(&dest)?;
     let pid = match resolve(&ctx, &dest) {
@@ -170,7 +183,11 @@ fn send(lua: &Lua, (dest, topic, payloads): (mlua::Value, String, Variadic<mlua:
         Resolved::Missing(m) => return fail(lua, ErrorKind::NotFound, m),
     };
     if !context::allowed_with_meta("process.send", &pid.to_string(), &pid_meta(&ctx)) {
-        return fail(lua, ErrorKind::PermissionDenied, "permission denied: process.send");
+        return fail(
+            lua,
+            ErrorKind::PermissionDenied,
+            "permission denied: process.send",
+        );
     }
     let mut values = Vec::with_capacity(payloads.len());
     for p in payloads.iter() {
@@ -218,7 +235,10 @@ fn do_spawn(
         return fail(lua, ErrorKind::Invalid, format!("invalid host id {host:?}"));
     };
     let meta = pid_meta(&ctx);
-    let mut checks = vec![("process.spawn", entry.to_string()), ("process.host", host_id.to_string())];
+    let mut checks = vec![
+        ("process.spawn", entry.to_string()),
+        ("process.host", host_id.to_string()),
+    ];
     if mode.monitor {
         checks.push(("process.spawn.monitored", entry.to_string()));
     }
@@ -227,7 +247,11 @@ fn do_spawn(
     }
     for (action, resource) in &checks {
         if !context::allowed_with_meta(action, resource, &meta) {
-            return fail(lua, ErrorKind::PermissionDenied, format!("permission denied: {action} on {resource}"));
+            return fail(
+                lua,
+                ErrorKind::PermissionDenied,
+                format!("permission denied: {action} on {resource}"),
+            );
         }
     }
     let snapshot = ctx.node.snapshot();
@@ -235,7 +259,11 @@ fn do_spawn(
         return fail(lua, ErrorKind::NotFound, format!("entry {entry} not found"));
     };
     if !code.is_process {
-        return fail(lua, ErrorKind::Invalid, format!("entry {entry} is not a process.lua entry"));
+        return fail(
+            lua,
+            ErrorKind::Invalid,
+            format!("entry {entry} is not a process.lua entry"),
+        );
     }
     let mut values = Vec::with_capacity(args.len());
     for a in args.iter() {
@@ -274,19 +302,34 @@ fn do_spawn(
     }
 }
 
-async fn exec(lua: Lua, (id, host, args): (String, String, Variadic<mlua::Value>)) -> mlua::Result<LuaPair> {
+async fn exec(
+    lua: Lua,
+    (id, host, args): (String, String, Variadic<mlua::Value>),
+) -> mlua::Result<LuaPair> {
     let ctx = context::require_current()?;
     let ns = ctx.namespace().to_string();
-    let (Some(entry), Some(host_id)) = (EntryId::resolve(&id, &ns), EntryId::resolve(&host, &ns)) else {
+    let (Some(entry), Some(host_id)) = (EntryId::resolve(&id, &ns), EntryId::resolve(&host, &ns))
+    else {
         return fail(&lua, ErrorKind::Invalid, "invalid entry or host id");
     };
-    for (action, resource) in [("process.exec", entry.to_string()), ("process.host", host_id.to_string())] {
+    for (action, resource) in [
+        ("process.exec", entry.to_string()),
+        ("process.host", host_id.to_string()),
+    ] {
         if !context::allowed(action, &resource) {
-            return fail(&lua, ErrorKind::PermissionDenied, format!("permission denied: {action} on {resource}"));
+            return fail(
+                &lua,
+                ErrorKind::PermissionDenied,
+                format!("permission denied: {action} on {resource}"),
+            );
         }
     }
     let Some(code) = ctx.node.code(&entry) else {
-        return fail(&lua, ErrorKind::NotFound, format!("entry {entry} not found"));
+        return fail(
+            &lua,
+            ErrorKind::NotFound,
+            format!("entry {entry} not found"),
+        );
     };
     let mut values = Vec::new();
     for a in args.iter() {
@@ -319,7 +362,11 @@ fn with_target(
         Resolved::Missing(m) => return fail(lua, ErrorKind::NotFound, m),
     };
     if !context::allowed_with_meta(action, &pid.to_string(), &pid_meta(&ctx)) {
-        return fail(lua, ErrorKind::PermissionDenied, format!("permission denied: {action}"));
+        return fail(
+            lua,
+            ErrorKind::PermissionDenied,
+            format!("permission denied: {action}"),
+        );
     }
     act(&ctx, &pid);
     ok(lua, true)
@@ -349,44 +396,106 @@ impl UserData for Spawner {
             s.0.name = Some(name);
             Ok(s)
         });
-        methods.add_method("with_message", |_, this, (topic, payloads): (String, Variadic<mlua::Value>)| {
-            let mut s = this.clone();
-            let values = payloads
-                .iter()
-                .map(payload_value)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(mlua::Error::external)?;
-            s.0.messages.push((topic, values));
-            Ok(s)
-        });
+        methods.add_method(
+            "with_message",
+            |_, this, (topic, payloads): (String, Variadic<mlua::Value>)| {
+                let mut s = this.clone();
+                let values = payloads
+                    .iter()
+                    .map(payload_value)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(mlua::Error::external)?;
+                s.0.messages.push((topic, values));
+                Ok(s)
+            },
+        );
         methods.add_method("with_context", |_, this, _: mlua::Value| Ok(this.clone()));
         for (name, mode) in [
-            ("spawn", SpawnMode { link: false, monitor: false }),
-            ("spawn_monitored", SpawnMode { link: false, monitor: true }),
-            ("spawn_linked", SpawnMode { link: true, monitor: false }),
-            ("spawn_linked_monitored", SpawnMode { link: true, monitor: true }),
+            (
+                "spawn",
+                SpawnMode {
+                    link: false,
+                    monitor: false,
+                },
+            ),
+            (
+                "spawn_monitored",
+                SpawnMode {
+                    link: false,
+                    monitor: true,
+                },
+            ),
+            (
+                "spawn_linked",
+                SpawnMode {
+                    link: true,
+                    monitor: false,
+                },
+            ),
+            (
+                "spawn_linked_monitored",
+                SpawnMode {
+                    link: true,
+                    monitor: true,
+                },
+            ),
         ] {
-            methods.add_method(name, move |lua, this, args: (String, String, Variadic<mlua::Value>)| {
-                do_spawn(lua, mode, &this.0, args)
-            });
+            methods.add_method(
+                name,
+                move |lua, this, args: (String, String, Variadic<mlua::Value>)| {
+                    do_spawn(lua, mode, &this.0, args)
+                },
+            );
         }
     }
 }
 
 pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     let p = lua.create_table()?;
-    p.set("pid", lua.create_function(|_, ()| Ok(context::require_current()?.pid().to_string()))?)?;
-    p.set("id", lua.create_function(|_, ()| Ok(context::require_current()?.code.entry.to_string()))?)?;
+    p.set(
+        "pid",
+        lua.create_function(|_, ()| Ok(context::require_current()?.pid().to_string()))?,
+    )?;
+    p.set(
+        "id",
+        lua.create_function(|_, ()| Ok(context::require_current()?.code.entry.to_string()))?,
+    )?;
     p.set("send", lua.create_function(send)?)?;
     for (name, mode) in [
-        ("spawn", SpawnMode { link: false, monitor: false }),
-        ("spawn_monitored", SpawnMode { link: false, monitor: true }),
-        ("spawn_linked", SpawnMode { link: true, monitor: false }),
-        ("spawn_linked_monitored", SpawnMode { link: true, monitor: true }),
+        (
+            "spawn",
+            SpawnMode {
+                link: false,
+                monitor: false,
+            },
+        ),
+        (
+            "spawn_monitored",
+            SpawnMode {
+                link: false,
+                monitor: true,
+            },
+        ),
+        (
+            "spawn_linked",
+            SpawnMode {
+                link: true,
+                monitor: false,
+            },
+        ),
+        (
+            "spawn_linked_monitored",
+            SpawnMode {
+                link: true,
+                monitor: true,
+            },
+        ),
     ] {
         p.set(
             name,
-            lua.create_function(move |lua, args| do_spawn(lua, mode, &SpawnExtras::default(), args))?,
+            lua.create_function(move |lua, args| {
+                do_spawn(lua, mode, &SpawnExtras::default(), args)
+            })?,
         )?;
     }
     p.set("exec", lua.create_async_function(exec)?)?;
@@ -417,25 +526,33 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     p.set(
         "monitor",
         lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.monitor", |ctx, pid| ctx.node.procs.monitor(ctx.pid(), pid))
+            with_target(lua, dest, "process.monitor", |ctx, pid| {
+                ctx.node.procs.monitor(ctx.pid(), pid)
+            })
         })?,
     )?;
     p.set(
         "unmonitor",
         lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.unmonitor", |ctx, pid| ctx.node.procs.demonitor(ctx.pid(), pid))
+            with_target(lua, dest, "process.unmonitor", |ctx, pid| {
+                ctx.node.procs.demonitor(ctx.pid(), pid)
+            })
         })?,
     )?;
     p.set(
         "link",
         lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.link", |ctx, pid| ctx.node.procs.link(ctx.pid(), pid))
+            with_target(lua, dest, "process.link", |ctx, pid| {
+                ctx.node.procs.link(ctx.pid(), pid)
+            })
         })?,
     )?;
     p.set(
         "unlink",
         lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.unlink", |ctx, pid| ctx.node.procs.unlink(ctx.pid(), pid))
+            with_target(lua, dest, "process.unlink", |ctx, pid| {
+                ctx.node.procs.unlink(ctx.pid(), pid)
+            })
         })?,
     )?;
     p.set(
@@ -457,7 +574,11 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
             for pair in t.pairs::<String, mlua::Value>() {
                 let (k, v) = pair?;
                 let mlua::Value::Boolean(b) = v else {
-                    return fail_false(lua, ErrorKind::Invalid, format!("option {k} must be a boolean"));
+                    return fail_false(
+                        lua,
+                        ErrorKind::Invalid,
+                        format!("option {k} must be a boolean"),
+                    );
                 };
                 match k.as_str() {
                     "trap_links" => o.trap_links = b,
@@ -508,33 +629,49 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
         lua.create_function(|_, ch: AnyUserData| {
             let ctx = context::require_current()?;
             let core = ch.borrow::<Channel>()?.0.clone();
-            ctx.listeners.borrow_mut().retain(|l| !std::rc::Rc::ptr_eq(&l.core, &core));
+            ctx.listeners
+                .borrow_mut()
+                .retain(|l| !std::rc::Rc::ptr_eq(&l.core, &core));
             core.close();
             Ok(())
         })?,
     )?;
     p.set(
         "upgrade",
-        lua.create_function(|lua, (id, args): (Option<String>, Variadic<mlua::Value>)| -> mlua::Result<LuaPair> {
-            let ctx = context::require_current()?;
-            let entry = match id {
-                Some(id) => match EntryId::resolve(&id, ctx.namespace()) {
-                    Some(e) => e,
-                    None => return fail(lua, ErrorKind::Invalid, format!("invalid entry id {id:?}")),
-                },
-                None => ctx.code.entry.clone(),
-            };
-            let values = args
-                .iter()
-                .map(payload_value)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(mlua::Error::external)?;
-            *ctx.upgrade.borrow_mut() = Some((entry, values));
-            Err(mlua::Error::runtime(UPGRADE_SENTINEL))
-        })?,
+        lua.create_function(
+            |lua, (id, args): (Option<String>, Variadic<mlua::Value>)| -> mlua::Result<LuaPair> {
+                let ctx = context::require_current()?;
+                let entry = match id {
+                    Some(id) => match EntryId::resolve(&id, ctx.namespace()) {
+                        Some(e) => e,
+                        None => {
+                            return fail(
+                                lua,
+                                ErrorKind::Invalid,
+                                format!("invalid entry id {id:?}"),
+                            )
+                        }
+                    },
+                    None => ctx.code.entry.clone(),
+                };
+                let values = args
+                    .iter()
+                    .map(payload_value)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(mlua::Error::external)?;
+                *ctx.upgrade.borrow_mut() = Some((entry, values));
+                Err(mlua::Error::runtime(UPGRADE_SENTINEL))
+            },
+        )?,
     )?;
-    p.set("with_context", lua.create_function(|_, _: mlua::Value| Ok(Spawner::default()))?)?;
-    p.set("spawner", lua.create_function(|_, ()| Ok(Spawner::default()))?)?;
+    p.set(
+        "with_context",
+        lua.create_function(|_, _: mlua::Value| Ok(Spawner::default()))?,
+    )?;
+    p.set(
+        "spawner",
+        lua.create_function(|_, ()| Ok(Spawner::default()))?,
+    )?;
 
     let event = lua.create_table()?;
     event.set("CANCEL", CANCEL)?;
@@ -547,34 +684,54 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     registry.set("LOCAL", 0)?;
     registry.set(
         "register",
-        lua.create_function(|lua, (name, pid, scope): (String, Option<String>, Option<i64>)| {
-            let ctx = context::require_current()?;
-            if scope.unwrap_or(0) != 0 {
-                return fail(lua, ErrorKind::Invalid, "only the LOCAL name scope is supported");
-            }
-            if !context::allowed("process.registry.register", &name) {
-                return fail(lua, ErrorKind::PermissionDenied, "permission denied: process.registry.register");
-            }
-            let pid = match pid {
-                Some(p) => match ctx.node.procs.resolve(&p) {
-                    Some(pid) => {
-                        if pid != *ctx.pid() && !context::allowed("process.registry.foreign", &pid.to_string()) {
-                            return fail(lua, ErrorKind::PermissionDenied, "permission denied: process.registry.foreign");
-                        }
-                        pid
-                    }
-                    None => return fail(lua, ErrorKind::NotFound, format!("process {p} not found")),
-                },
-                None => ctx.pid().clone(),
-            };
-            match ctx.node.procs.register_name(&name, &pid) {
-                Ok(()) => ok(lua, true),
-                Err(crate::process::table::TableError::AlreadyExists) => {
-                    fail(lua, ErrorKind::AlreadyExists, format!("name {name} is already registered"))
+        lua.create_function(
+            |lua, (name, pid, scope): (String, Option<String>, Option<i64>)| {
+                let ctx = context::require_current()?;
+                if scope.unwrap_or(0) != 0 {
+                    return fail(
+                        lua,
+                        ErrorKind::Invalid,
+                        "only the LOCAL name scope is supported",
+                    );
                 }
-                Err(e) => fail(lua, ErrorKind::NotFound, e.to_string()),
-            }
-        })?,
+                if !context::allowed("process.registry.register", &name) {
+                    return fail(
+                        lua,
+                        ErrorKind::PermissionDenied,
+                        "permission denied: process.registry.register",
+                    );
+                }
+                let pid = match pid {
+                    Some(p) => match ctx.node.procs.resolve(&p) {
+                        Some(pid) => {
+                            if pid != *ctx.pid()
+                                && !context::allowed("process.registry.foreign", &pid.to_string())
+                            {
+                                return fail(
+                                    lua,
+                                    ErrorKind::PermissionDenied,
+                                    "permission denied: process.registry.foreign",
+                                );
+                            }
+                            pid
+                        }
+                        None => {
+                            return fail(lua, ErrorKind::NotFound, format!("process {p} not found"))
+                        }
+                    },
+                    None => ctx.pid().clone(),
+                };
+                match ctx.node.procs.register_name(&name, &pid) {
+                    Ok(()) => ok(lua, true),
+                    Err(crate::process::table::TableError::AlreadyExists) => fail(
+                        lua,
+                        ErrorKind::AlreadyExists,
+                        format!("name {name} is already registered"),
+                    ),
+                    Err(e) => fail(lua, ErrorKind::NotFound, e.to_string()),
+                }
+            },
+        )?,
     )?;
     registry.set(
         "lookup",
@@ -582,7 +739,11 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
             let ctx = context::require_current()?;
             match ctx.node.procs.lookup(&name) {
                 Some(pid) => ok(lua, pid.to_string()),
-                None => fail(lua, ErrorKind::NotFound, format!("no process registered as {name}")),
+                None => fail(
+                    lua,
+                    ErrorKind::NotFound,
+                    format!("no process registered as {name}"),
+                ),
             }
         })?,
     )?;
@@ -603,7 +764,9 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     payload.set(
         "new",
         lua.create_function(|_, v: mlua::Value| {
-            convert::from_lua(&v).map(Payload).map_err(mlua::Error::external)
+            convert::from_lua(&v)
+                .map(Payload)
+                .map_err(mlua::Error::external)
         })?,
     )?;
     globals.raw_set("payload", crate::lua::sandbox::read_only(lua, payload)?)?;

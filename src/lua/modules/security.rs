@@ -722,6 +722,39 @@ mod tests {
     }
 
     #[test]
+    fn can_passes_resource_meta_to_conditions() {
+        let lua = state();
+        let mut owner_only = policy(&["edit"], true, &[]);
+        owner_only.conditions.push(kinds::Condition {
+            field: "meta.owner".into(),
+            operator: kinds::ConditionOp::Eq,
+            value: kinds::ConditionValue::From("actor.id".into()),
+        });
+        let id = EntryId::new("app", "owner_only");
+        let compiled = CompiledPolicy::compile(id, &owner_only).unwrap();
+        set_context(
+            Some(Actor::with_id("user:1")),
+            Some(Scope::new(vec![Arc::new(compiled)])),
+        );
+        run(
+            &lua,
+            r#"
+            local security = require("security")
+            assert(security.can("edit", "doc:1", {owner = "user:1"}) == true)
+            assert(security.can("edit", "doc:1", {owner = "user:2"}) == false)
+            assert(security.can("edit", "doc:1") == false)
+            assert(not pcall(security.can, "edit", "doc:1", "meta"))
+            assert(not pcall(security.can, "edit"))
+            local p = security.scope():policies()[1]
+            local me = security.new_actor("user:1")
+            assert(p:evaluate(me, "edit", "doc:1", {owner = "user:1"}) == "allow")
+            assert(p:evaluate(me, "edit", "doc:1", {owner = "user:9"}) == "undefined")
+            return "ok"
+            "#,
+        );
+    }
+
+    #[test]
     fn new_actor() {
         let lua = state();
         run(

@@ -96,6 +96,8 @@ fn constants(lua: &Lua, pairs: &[(&str, &str)]) -> mlua::Result<Table> {
 thread_local! {
     /// Databases `sql.get` finds in unit tests, which run without a node.
     static TEST_DBS: RefCell<Vec<(EntryId, Arc<Sqlite>)>> = const { RefCell::new(Vec::new()) };
+    /// Declared entry kinds unit tests pretend the registry holds.
+    static TEST_KINDS: RefCell<Vec<(EntryId, &'static str)>> = const { RefCell::new(Vec::new()) };
     /// `db.get` resources unit tests deny.
     static TEST_DENY: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -111,6 +113,21 @@ fn lookup(id: &EntryId) -> Option<Arc<Sqlite>> {
         return Some(db);
     }
     context::lookup_db(id)
+}
+
+/// The kind of a declared entry: tells "no such entry" from "not a database" when no running
+/// database answers to `id`.
+fn declared_kind(id: &EntryId) -> Option<&'static str> {
+    #[cfg(test)]
+    if let Some(kind) = TEST_KINDS.with(|t| {
+        t.borrow()
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, kind)| *kind)
+    }) {
+        return Some(kind);
+    }
+    context::with_current(|c| c.node.snapshot().registry.get(id).map(|e| e.kind_name())).flatten()
 }
 
 fn permitted(resource: &str) -> bool {
@@ -149,21 +166,26 @@ fn get(lua: &Lua, id: mlua::Value) -> Ret {
             format!("permission denied: db.get on {resource}"),
         );
     }
-    // `lookup_db` also answers `None` for an entry of another kind: that reads as NOT_FOUND.
-    match lookup(&entry) {
-        Some(db) if db.is_closed() => fail(
+    let found = lookup(&entry);
+    if let Some(db) = found.as_ref().filter(|db| !db.is_closed()) {
+        let handle = DbHandle {
+            id: resource,
+            db: RefCell::new(Some(db.clone())),
+        };
+        return ok(lua, LuaDb(Rc::new(handle)));
+    }
+    match (found, declared_kind(&entry)) {
+        (Some(_), _) | (None, Some("db.sql.sqlite")) => fail(
             lua,
             ErrorKind::Unavailable,
             format!("database {resource} is not running"),
         ),
-        Some(db) => ok(
+        (None, Some(kind)) => fail(
             lua,
-            LuaDb(Rc::new(DbHandle {
-                id: resource,
-                db: RefCell::new(Some(db)),
-            })),
+            ErrorKind::Invalid,
+            format!("{resource} is a {kind}, not a database"),
         ),
-        None => fail(
+        (None, None) => fail(
             lua,
             ErrorKind::NotFound,
             format!("database not found: {resource}"),
@@ -759,6 +781,11 @@ mod tests {
     fn get_errors() {
         let h = harness();
         TEST_DENY.with(|d| d.borrow_mut().push("app:secret".into()));
+        TEST_KINDS.with(|k| {
+            let mut k = k.borrow_mut();
+            k.push((EntryId::new("app", "policy"), "security.policy"));
+            k.push((EntryId::new("app", "stopped"), "db.sql.sqlite"));
+        });
         TEST_DBS.with(|t| {
             t.borrow_mut()
                 .push((EntryId::new("app", "secret"), h.db.clone()))
@@ -773,6 +800,10 @@ mod tests {
             assert(db == nil and errors.is(err, errors.INVALID))
             db, err = sql.get("app:nope")
             assert(db == nil and errors.is(err, errors.NOT_FOUND), tostring(err))
+            db, err = sql.get("app:policy")
+            assert(db == nil and errors.is(err, errors.INVALID), tostring(err))
+            db, err = sql.get("app:stopped")
+            assert(db == nil and errors.is(err, errors.UNAVAILABLE), tostring(err))
             db, err = sql.get("app:secret")
             assert(db == nil and errors.is(err, errors.PERMISSION_DENIED))
             assert(not pcall(sql.get, nil))
