@@ -8,6 +8,7 @@ pub mod http;
 pub mod lua;
 pub mod process;
 pub mod registry;
+pub mod reload;
 pub mod runtime;
 pub mod security;
 pub mod store;

@@ -27,6 +27,9 @@ enum Command {
         /// Listen here instead of every http.service's own `addr` (e.g. 127.0.0.1:0).
         #[arg(long, env = "MOONWIRE_ADDR")]
         addr: Option<String>,
+        /// Security strict mode: permission checks without an actor and a scope are denied.
+        #[arg(long, env = "MOONWIRE_STRICT_MODE")]
+        strict: bool,
     },
     /// Validate the registry and compile every Lua source without running anything.
     Check {
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             registry,
             no_watch,
             addr,
+            strict,
         } => {
             init_logging();
             let reg = match load(&registry) {
@@ -94,7 +98,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(run(reg, registry, no_watch, addr))
+            rt.block_on(run(reg, registry, no_watch, addr, strict))
         }
     }
 }
@@ -104,25 +108,39 @@ async fn run(
     registry_dir: PathBuf,
     no_watch: bool,
     addr: Option<String>,
+    strict_mode: bool,
 ) -> ExitCode {
     let project_root = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let opts = moonwire::runtime::RunOptions {
         project_root,
         addr_override: addr,
+        strict_mode,
     };
     let runtime = match moonwire::runtime::Runtime::start(reg, opts).await {
-        Ok(r) => r,
+        Ok(r) => std::sync::Arc::new(r),
         Err(e) => {
             tracing::error!(error = %e, "start failed");
             return ExitCode::from(1);
         }
     };
-    if !no_watch {
-        tracing::debug!(dir = %registry_dir.display(), "hot reload is not enabled in this build");
-    }
+    let watcher = if no_watch {
+        None
+    } else {
+        let dir = std::fs::canonicalize(&registry_dir).unwrap_or(registry_dir);
+        match moonwire::reload::spawn(runtime.clone(), dir) {
+            Ok(task) => Some(task),
+            Err(e) => {
+                tracing::warn!(error = %e, "hot reload unavailable");
+                None
+            }
+        }
+    };
     tracing::info!("moonwire running; press Ctrl-C to stop");
     wait_for_signal().await;
     tracing::info!("shutting down");
+    if let Some(w) = watcher {
+        w.abort();
+    }
     runtime.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -104,10 +104,13 @@ pub enum StartError {
     Entry { id: EntryId, message: String },
 }
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub project_root: PathBuf,
     /// Replaces every `http.service` address (tests bind `127.0.0.1:0`).
     pub addr_override: Option<String>,
+    /// Security strict mode (§7.1): permission checks without an actor and scope are denied.
+    pub strict_mode: bool,
 }
 
 /// A started registry: the node plus the handles needed to stop what was started.
@@ -116,6 +119,19 @@ pub struct Runtime {
     services: Mutex<Vec<(EntryId, ServiceHandle)>>,
     servers: Mutex<Vec<(EntryId, ServerHandle)>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    opts: RunOptions,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What a reload did, for the log line and tests.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    pub added: Vec<EntryId>,
+    pub removed: Vec<EntryId>,
+    pub changed: Vec<EntryId>,
+    pub restarted: Vec<EntryId>,
+    pub outdated: Vec<String>,
 }
 
 /// Compiles every Lua entry once; an error names the entry.
@@ -265,7 +281,7 @@ impl Runtime {
             })),
             resources: RwLock::new(Resources::default()),
             project_root: opts.project_root.clone(),
-            strict_mode: false,
+            strict_mode: opts.strict_mode,
         });
         for w in registry.warnings() {
             tracing::warn!("{w}");
@@ -275,12 +291,14 @@ impl Runtime {
             services: Mutex::new(Vec::new()),
             servers: Mutex::new(Vec::new()),
             background: Mutex::new(Vec::new()),
+            opts: opts.clone(),
+            reloading: tokio::sync::Mutex::new(()),
         };
         for id in registry.start_order() {
             let Some(entry) = registry.get(&id) else {
                 continue;
             };
-            if let Err(message) = rt.start_entry(entry, &opts).await {
+            if let Err(message) = rt.start_entry(entry).await {
                 let optional = entry.kind.lifecycle().is_some_and(|l| l.startup_optional);
                 if optional {
                     tracing::error!(entry = %id, error = %message, "optional entry failed to start");
@@ -293,12 +311,9 @@ impl Runtime {
         Ok(rt)
     }
 
-    async fn start_entry(
-        &self,
-        entry: &crate::registry::Entry,
-        opts: &RunOptions,
-    ) -> Result<(), String> {
+    async fn start_entry(&self, entry: &crate::registry::Entry) -> Result<(), String> {
         let node = &self.node;
+        let opts = &self.opts;
         match &entry.kind {
             EntryKind::Sqlite(db) => {
                 let handle =
@@ -418,6 +433,159 @@ impl Runtime {
             _ => {}
         }
         Ok(())
+    }
+
+    async fn stop_entry(&self, id: &EntryId) -> bool {
+        let service = {
+            let mut services = self.services.lock().expect("services lock");
+            services
+                .iter()
+                .position(|(s, _)| s == id)
+                .map(|i| services.remove(i).1)
+        };
+        if let Some(s) = service {
+            s.stop().await;
+            return true;
+        }
+        let server = {
+            let mut servers = self.servers.lock().expect("servers lock");
+            servers
+                .iter()
+                .position(|(s, _)| s == id)
+                .map(|i| servers.remove(i).1)
+        };
+        if let Some(s) = server {
+            s.stop().await;
+            return true;
+        }
+        let mut res = self.node.resources.write().expect("resources lock");
+        let db = res.dbs.remove(id);
+        let was = db.is_some()
+            | res.memory_stores.remove(id).is_some()
+            | res.token_stores.remove(id).is_some()
+            | res.running_hosts.remove(id);
+        drop(res);
+        if let Some(db) = db {
+            db.close();
+        }
+        was
+    }
+
+    /// The running child of service `id`, if it opted in to upgrades.
+    fn upgradable_child(&self, id: &EntryId) -> Option<crate::process::pid::Pid> {
+        let services = self.services.lock().expect("services lock");
+        let pid = services
+            .iter()
+            .find(|(s, _)| s == id)?
+            .1
+            .pid
+            .borrow()
+            .clone()?;
+        let proc = self.node.procs.get(pid.id())?;
+        proc.upgradable
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(pid)
+    }
+
+    /// Applies a newly loaded registry as one transaction (§10): compile first (a failure
+    /// changes nothing), swap the snapshot so new work uses new code, then stop removed
+    /// entries, restart changed ones (upgradable service children get OUTDATED instead), start
+    /// added ones, and rebuild every route table.
+    pub async fn reload(&self, newer: Registry) -> Result<ReloadReport, StartError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let code = compile_all(&newer)?;
+        let policies = Arc::new(build_policies(&newer));
+        let old = self.node.snapshot();
+        let diff = old.registry.diff(&newer);
+        let mut report = ReloadReport {
+            added: diff.added.clone(),
+            removed: diff.removed.clone(),
+            changed: diff.changed.clone(),
+            ..Default::default()
+        };
+        if diff.is_empty() {
+            return Ok(report);
+        }
+        let newer = Arc::new(newer);
+        *self.node.snapshot.write().expect("snapshot lock") = Arc::new(Snapshot {
+            registry: newer.clone(),
+            code,
+            policies,
+        });
+        for w in newer.warnings() {
+            tracing::warn!("{w}");
+        }
+        for id in diff.removed.iter().rev() {
+            self.stop_entry(id).await;
+        }
+        let changed: HashSet<&EntryId> = diff.changed.iter().collect();
+        let sources: Vec<String> = diff.changed.iter().map(|id| id.to_string()).collect();
+        // Running processes of changed process.lua entries: only the upgradable ones act on it.
+        for id in &diff.changed {
+            if let Some(EntryKind::LuaProcess(_)) = newer.get(id).map(|e| &e.kind) {
+                let label = id.to_string();
+                for p in self.node.procs.all() {
+                    if *p.entry == *label {
+                        p.mailbox.push(crate::process::pid::Signal::Event(
+                            crate::process::pid::Event::Outdated {
+                                sources: sources.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        let restart_kinds = |k: &EntryKind| {
+            matches!(
+                k,
+                EntryKind::Service(_)
+                    | EntryKind::HttpService(_)
+                    | EntryKind::Sqlite(_)
+                    | EntryKind::MemoryStore(_)
+                    | EntryKind::TokenStore(_)
+                    | EntryKind::ProcessHost(_)
+            )
+        };
+        let mut to_start = Vec::new();
+        for id in newer.start_order() {
+            let Some(entry) = newer.get(&id) else {
+                continue;
+            };
+            if changed.contains(&id) && restart_kinds(&entry.kind) {
+                if let EntryKind::Service(_) = entry.kind {
+                    if let Some(pid) = self.upgradable_child(&id) {
+                        report.outdated.push(pid.to_string());
+                        continue;
+                    }
+                }
+                // A memory store keeps its data unless its own settings changed.
+                if let (EntryKind::MemoryStore(_), Some(old_entry)) =
+                    (&entry.kind, old.registry.get(&id))
+                {
+                    if format!("{:?}", old_entry.kind) == format!("{:?}", entry.kind) {
+                        continue;
+                    }
+                }
+                self.stop_entry(&id).await;
+                report.restarted.push(id.clone());
+                to_start.push(id);
+            } else if diff.added.contains(&id) {
+                to_start.push(id);
+            }
+        }
+        for id in to_start {
+            let Some(entry) = newer.get(&id) else {
+                continue;
+            };
+            if let Err(message) = self.start_entry(entry).await {
+                tracing::error!(entry = %id, error = %message, "entry failed to start after reload");
+            }
+        }
+        let servers = self.servers.lock().expect("servers lock");
+        for (id, server) in servers.iter() {
+            server.swap_routes(build_routes(&newer, id, &self.node.project_root));
+        }
+        Ok(report)
     }
 
     /// Where each HTTP server listens.

@@ -83,6 +83,9 @@ impl ProcCtx {
     /// The same process continuing on new code (`process.upgrade`): pid, mailbox, queued
     /// messages and security context carry over; options, listeners and channels do not.
     pub fn upgraded(old: &Rc<ProcCtx>, code: Arc<CompiledCode>) -> Rc<ProcCtx> {
+        old.proc
+            .upgradable
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         Rc::new(ProcCtx {
             node: old.node.clone(),
             proc: old.proc.clone(),
@@ -143,6 +146,8 @@ impl ProcCtx {
                             .get_or_insert_with(|| "linked process failed".to_string());
                     }
                 }
+                // Only processes that opted in hear about new code (§10.2).
+                Signal::Event(Event::Outdated { .. }) if !self.options.get().upgradable => {}
                 Signal::Event(ev) => self.events.push(Item::Event(ev)),
             }
         }

@@ -29,6 +29,8 @@ pub static RESTARTS: AtomicU64 = AtomicU64::new(0);
 pub struct ServiceHandle {
     stop: watch::Sender<bool>,
     pub state: watch::Receiver<ServiceState>,
+    /// The pid of the current run, while there is one.
+    pub pid: watch::Receiver<Option<Pid>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -65,6 +67,7 @@ pub fn supervise(
 ) -> ServiceHandle {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(ServiceState::Starting);
+    let (pid_tx, pid_rx) = watch::channel(None);
     let task = tokio::spawn(async move {
         let mut failures: u32 = 0;
         loop {
@@ -73,6 +76,7 @@ pub fn supervise(
             let outcome = match start() {
                 Ok((pid, exit_rx)) => {
                     let _ = state_tx.send(ServiceState::Running);
+                    let _ = pid_tx.send(Some(pid.clone()));
                     tracing::info!(service = %id, %pid, "service started");
                     tokio::select! {
                         result = exit_rx => Some(result.unwrap_or(ExitResult::Error("terminated".into()))),
@@ -84,6 +88,7 @@ pub fn supervise(
                 }
                 Err(e) => Some(ExitResult::Error(format!("start failed: {e}"))),
             };
+            let _ = pid_tx.send(None);
             let Some(result) = outcome else {
                 let _ = state_tx.send(ServiceState::Stopped);
                 tracing::info!(service = %id, "service stopped");
@@ -126,6 +131,7 @@ pub fn supervise(
     ServiceHandle {
         stop: stop_tx,
         state: state_rx,
+        pid: pid_rx,
         task,
     }
 }

@@ -14,6 +14,9 @@ pub struct ProcessEntry {
     pub mailbox: Arc<Mailbox>,
     /// The registry entry that runs in this process (`app:ticker`), or a kind label.
     pub entry: Arc<str>,
+    /// Mirrors the process's `upgradable` option, so hot reload can choose OUTDATED over a
+    /// restart without asking the process.
+    pub upgradable: std::sync::atomic::AtomicBool,
     relations: Mutex<Relations>,
 }
 
@@ -80,6 +83,7 @@ impl ProcessTable {
             pid: Pid::new(id, host),
             mailbox: Arc::new(mailbox),
             entry,
+            upgradable: std::sync::atomic::AtomicBool::new(false),
             relations: Mutex::new(Relations::default()),
         });
         self.shard(id)

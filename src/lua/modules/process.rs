@@ -587,6 +587,9 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
                 }
             }
             ctx.options.set(o);
+            ctx.proc
+                .upgradable
+                .store(o.upgradable, std::sync::atomic::Ordering::Relaxed);
             ok(lua, true)
         })?,
     )?;

@@ -1,0 +1,109 @@
+//! The process model through the real binary: each test runs a `tests/fixtures/proc_*` registry
+//! whose scripts assert from inside the runtime and log `TEST PASS/FAIL <name>` (see
+//! `tests/fixtures/proc_lib/harness.rs`).
+
+#[path = "fixtures/proc_lib/harness.rs"]
+mod harness;
+mod support;
+
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn send_receive_payload_shapes_and_several_payloads() {
+    let run = harness::start("proc_send");
+    run.expect_pass(&["send.shapes", "send.refusals", "send.echo"], T);
+}
+
+#[test]
+fn per_sender_fifo_order_1000_messages() {
+    let run = harness::start("proc_fifo");
+    run.expect_pass(&["fifo.per_sender"], T);
+}
+
+#[test]
+fn deep_copy_isolation() {
+    let run = harness::start("proc_deepcopy");
+    run.expect_pass(
+        &[
+            "copy.self_send",
+            "copy.across_processes",
+            "copy.error_objects",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn chunk_level_locals_not_shared() {
+    let run = harness::start("proc_locals");
+    run.expect_pass(
+        &["locals.two_instances", "locals.twin.one", "locals.twin.two"],
+        T,
+    );
+}
+
+#[test]
+fn name_registry() {
+    let run = harness::start("proc_names");
+    run.expect_pass(
+        &[
+            "names.basics",
+            "names.conflicts",
+            "names.released_on_exit",
+            "names.spawner",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn monitor_exit_results() {
+    let run = harness::start("proc_monitor");
+    run.expect_pass(
+        &[
+            "monitor.normal_exits",
+            "monitor.terminate",
+            "monitor.dead_and_unknown",
+            "monitor.unmonitor",
+            "monitor.spawn_monitored",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn lua_error_reaches_the_monitor_with_its_message() {
+    let run = harness::start("proc_monitor");
+    run.expect_pass(&["monitor.error_exits"], T);
+    // The runtime logs the failure naming the process too.
+    let line = run.wait_for("boom from child", T);
+    run.check(line.contains("app:child"), "failure log names the entry");
+}
+
+#[test]
+fn links_link_down_and_trap_links() {
+    let run = harness::start("proc_links");
+    run.expect_pass(
+        &[
+            "links.trapped",
+            "links.untrapped",
+            "links.chain",
+            "links.parent_failure",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn exec_returns_a_value_and_spawn_refusals() {
+    let run = harness::start("proc_exec");
+    run.expect_pass(&["exec.values", "exec.spawn_refusals"], T);
+}
+
+#[test]
+fn cancel_delivers_reason() {
+    let run = harness::start("proc_cancel");
+    run.expect_pass(&["cancel.reason", "cancel.advisory"], T);
+}
