@@ -1,6 +1,11 @@
 //! `moonwire`: argv → command; logging set-up; errors → exit codes.
 
 use clap::{Parser, Subcommand};
+
+// Messages, Lua values and HTTP buffers are many small short-lived allocations; mimalloc
+// handles them markedly faster than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -4,9 +4,9 @@
 //! is rejected whole; the running version keeps serving.
 
 use crate::runtime::Runtime;
-use notify::event::ModifyKind;
+use notify::event::{CreateKind, ModifyKind, RemoveKind};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,23 @@ use tokio::sync::mpsc;
 /// Quiet time after the last event before reloading: editors write files in several steps.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 const QUEUE: usize = 1024;
+/// How often watched folders are checked for having been replaced (a deploy that swaps a
+/// folder, a branch switch): a watch follows the old folder, so no event would ever come.
+const FOLDER_CHECK: Duration = Duration::from_secs(1);
+
+/// What a folder is, beyond its path; `None` when it does not exist.
+type Identity = Option<(u64, u64)>;
+
+#[cfg(unix)]
+fn identity(dir: &Path) -> Identity {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(dir: &Path) -> Identity {
+    std::fs::metadata(dir).ok().map(|_| (0, 0))
+}
 
 /// Folders to watch: the registry (recursively) and the folder of every watched file.
 fn folders(registry_dir: &Path, files: &[PathBuf]) -> BTreeSet<PathBuf> {
@@ -39,6 +56,23 @@ fn relevant(path: &Path) -> bool {
     )
 }
 
+/// A folder created, removed or moved (and a rename, which may be one: its event does not say):
+/// the files inside get no events of their own, and those written into a new folder before its
+/// watch exists never will.
+fn folder_level(event: &notify::Event) -> bool {
+    let visible = event.paths.iter().any(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        !name.starts_with('.') && !name.ends_with('~')
+    });
+    visible
+        && matches!(
+            event.kind,
+            EventKind::Create(CreateKind::Folder)
+                | EventKind::Remove(RemoveKind::Folder)
+                | EventKind::Modify(ModifyKind::Name(_))
+        )
+}
+
 /// Starts watching; the returned task runs until the runtime is dropped.
 pub fn spawn(
     runtime: Arc<Runtime>,
@@ -53,7 +87,10 @@ pub fn spawn(
                     event.kind,
                     EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other
                 ) || matches!(event.kind, EventKind::Modify(m) if !matches!(m, ModifyKind::Metadata(_)));
-                if event.need_rescan() || (edit && event.paths.iter().any(|p| relevant(p))) {
+                if event.need_rescan()
+                    || folder_level(&event)
+                    || (edit && event.paths.iter().any(|p| relevant(p)))
+                {
                     // A full queue already means "reload pending": dropping is a rescan anyway.
                     let _ = tx.try_send(());
                 }
@@ -64,7 +101,7 @@ pub fn spawn(
             }
         }
     })?;
-    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut watched: BTreeMap<PathBuf, Identity> = BTreeMap::new();
     let files = runtime.node.snapshot().registry.watched_files();
     update_watches(
         &mut watcher,
@@ -74,7 +111,20 @@ pub fn spawn(
     );
     tracing::info!(dir = %registry_dir.display(), folders = watched.len(), "watching for changes");
     Ok(tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+        let mut check = tokio::time::interval(FOLDER_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = rx.recv() => if event.is_none() { return },
+                _ = check.tick() => {
+                    let files = runtime.node.snapshot().registry.watched_files();
+                    let wanted = folders(&registry_dir, &files);
+                    if !rewatch_replaced(&mut watcher, &mut watched, wanted, &registry_dir) {
+                        continue;
+                    }
+                    tracing::info!("a watched folder was replaced; rescanning");
+                }
+            }
             let first_event = Instant::now();
             // Debounce: keep absorbing events until the files have been quiet for a while.
             loop {
@@ -96,18 +146,46 @@ pub fn spawn(
     }))
 }
 
+/// Drops the watches of folders that were replaced or removed since they were watched and
+/// watches what is there now; true when a folder (re)appeared, i.e. files may have changed
+/// without an event.
+fn rewatch_replaced(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut BTreeMap<PathBuf, Identity>,
+    wanted: BTreeSet<PathBuf>,
+    registry_dir: &Path,
+) -> bool {
+    let stale: Vec<PathBuf> = watched
+        .iter()
+        .filter(|(dir, id)| identity(dir) != **id)
+        .map(|(dir, _)| dir.clone())
+        .collect();
+    for dir in &stale {
+        let _ = watcher.unwatch(dir);
+        watched.remove(dir);
+    }
+    let before = watched.len();
+    update_watches(watcher, watched, wanted, registry_dir);
+    watched.len() > before
+}
+
 fn update_watches(
     watcher: &mut notify::RecommendedWatcher,
-    watched: &mut BTreeSet<PathBuf>,
+    watched: &mut BTreeMap<PathBuf, Identity>,
     wanted: BTreeSet<PathBuf>,
     registry_dir: &Path,
 ) {
-    for gone in watched.difference(&wanted).cloned().collect::<Vec<_>>() {
-        let _ = watcher.unwatch(&gone);
-        watched.remove(&gone);
+    let gone: Vec<PathBuf> = watched
+        .keys()
+        .filter(|d| !wanted.contains(*d))
+        .cloned()
+        .collect();
+    for dir in gone {
+        let _ = watcher.unwatch(&dir);
+        watched.remove(&dir);
     }
     for dir in wanted {
-        if watched.contains(&dir) {
+        if watched.contains_key(&dir) {
             continue;
         }
         let mode = if dir == registry_dir {
@@ -115,11 +193,17 @@ fn update_watches(
         } else {
             RecursiveMode::NonRecursive
         };
+        // Identity first: a replacement between the two calls is then caught next check.
+        let id = identity(&dir);
         match watcher.watch(&dir, mode) {
             Ok(()) => {
-                watched.insert(dir);
+                watched.insert(dir, id);
             }
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch folder"),
+            // A missing folder is retried every check; only a real failure is worth a warning.
+            Err(e) if id.is_some() => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch folder")
+            }
+            Err(_) => {}
         }
     }
 }

@@ -488,9 +488,9 @@ impl Runtime {
     }
 
     /// Applies a newly loaded registry as one transaction (§10): compile first (a failure
-    /// changes nothing), swap the snapshot so new work uses new code, then stop removed
-    /// entries, restart changed ones (upgradable service children get OUTDATED instead), start
-    /// added ones, and rebuild every route table.
+    /// changes nothing), swap the snapshot so new work uses new code and the route tables so
+    /// new requests see new routes, then tell upgradable processes (OUTDATED), stop removed
+    /// and changed entries (dependents first), and start changed and added ones in start order.
     pub async fn reload(&self, newer: Registry) -> Result<ReloadReport, StartError> {
         let _one_at_a_time = self.reloading.lock().await;
         let code = compile_all(&newer)?;
@@ -515,24 +515,86 @@ impl Runtime {
         for w in newer.warnings() {
             tracing::warn!("{w}");
         }
-        for id in diff.removed.iter().rev() {
-            self.stop_entry(id).await;
+        // Routes now, not after the restarts below: a service can take its whole stop_timeout
+        // to stop, and route changes must not wait for it. A restarted server builds its own.
+        for (id, server) in self.servers.lock().expect("servers lock").iter() {
+            server.swap_routes(build_routes(&newer, id, &self.node.project_root));
         }
         let changed: HashSet<&EntryId> = diff.changed.iter().collect();
-        let sources: Vec<String> = diff.changed.iter().map(|id| id.to_string()).collect();
+        // §10.2: OUTDATED names what changed among the process's own entry and its
+        // (transitive) imports, plus its service when that entry changed; one event per process.
+        let affecting = |entry: &EntryId| -> std::collections::BTreeSet<String> {
+            let mut seen = HashSet::new();
+            let mut todo = vec![entry.clone()];
+            while let Some(id) = todo.pop() {
+                if let Some(EntryKind::LuaProcess(c) | EntryKind::LuaFunction(c)) =
+                    newer.get(&id).map(|e| &e.kind)
+                {
+                    todo.extend(c.imports.values().filter(|i| !seen.contains(*i)).cloned());
+                }
+                seen.insert(id);
+            }
+            seen.iter()
+                .filter(|id| changed.contains(id))
+                .map(|id| id.to_string())
+                .collect()
+        };
+        type Outdated = (
+            Arc<crate::process::table::ProcessEntry>,
+            std::collections::BTreeSet<String>,
+        );
+        let mut outdated: BTreeMap<u64, Outdated> = BTreeMap::new();
         // Running processes of changed process.lua entries: only the upgradable ones act on it.
         for id in &diff.changed {
             if let Some(EntryKind::LuaProcess(_)) = newer.get(id).map(|e| &e.kind) {
                 let label = id.to_string();
+                let sources = affecting(id);
                 for p in self.node.procs.all() {
                     if *p.entry == *label {
-                        p.mailbox.push(crate::process::pid::Signal::Event(
-                            crate::process::pid::Event::Outdated {
-                                sources: sources.clone(),
-                            },
-                        ));
+                        outdated
+                            .entry(p.pid.id())
+                            .or_insert_with(|| (p.clone(), Default::default()))
+                            .1
+                            .extend(sources.iter().cloned());
                     }
                 }
+            }
+        }
+        // A changed service whose child opted in is not restarted; the child hears about it.
+        let mut upgrading: HashSet<EntryId> = HashSet::new();
+        for id in &diff.changed {
+            let Some(EntryKind::Service(svc)) = newer.get(id).map(|e| &e.kind) else {
+                continue;
+            };
+            let Some(pid) = self.upgradable_child(id) else {
+                continue;
+            };
+            let Some(p) = self.node.procs.get(pid.id()) else {
+                continue;
+            };
+            let slot = outdated
+                .entry(pid.id())
+                .or_insert_with(|| (p, Default::default()));
+            slot.1.insert(id.to_string());
+            slot.1.extend(affecting(&svc.process));
+            upgrading.insert(id.clone());
+        }
+        for (p, sources) in outdated.into_values() {
+            // The log names who will act on it; the others drop the event unread.
+            if p.upgradable.load(std::sync::atomic::Ordering::Relaxed) {
+                report.outdated.push(p.pid.to_string());
+            }
+            p.mailbox.push(crate::process::pid::Signal::Event(
+                crate::process::pid::Event::Outdated {
+                    sources: sources.into_iter().collect(),
+                },
+            ));
+        }
+        // Like shutdown: dependents stop before what they depend on.
+        let removed: HashSet<&EntryId> = diff.removed.iter().collect();
+        for id in old.registry.start_order().iter().rev() {
+            if removed.contains(id) {
+                self.stop_entry(id).await;
             }
         }
         let restart_kinds = |k: &EntryKind| {
@@ -546,17 +608,14 @@ impl Runtime {
                     | EntryKind::ProcessHost(_)
             )
         };
-        let mut to_start = Vec::new();
+        let (mut to_stop, mut to_start) = (Vec::new(), Vec::new());
         for id in newer.start_order() {
             let Some(entry) = newer.get(&id) else {
                 continue;
             };
             if changed.contains(&id) && restart_kinds(&entry.kind) {
-                if let EntryKind::Service(_) = entry.kind {
-                    if let Some(pid) = self.upgradable_child(&id) {
-                        report.outdated.push(pid.to_string());
-                        continue;
-                    }
+                if upgrading.contains(&id) {
+                    continue;
                 }
                 // A memory store keeps its data unless its own settings changed.
                 if let (EntryKind::MemoryStore(_), Some(old_entry)) =
@@ -566,12 +625,15 @@ impl Runtime {
                         continue;
                     }
                 }
-                self.stop_entry(&id).await;
+                to_stop.push(id.clone());
                 report.restarted.push(id.clone());
                 to_start.push(id);
             } else if diff.added.contains(&id) {
                 to_start.push(id);
             }
+        }
+        for id in to_stop.iter().rev() {
+            self.stop_entry(id).await;
         }
         for id in to_start {
             let Some(entry) = newer.get(&id) else {
@@ -580,10 +642,6 @@ impl Runtime {
             if let Err(message) = self.start_entry(entry).await {
                 tracing::error!(entry = %id, error = %message, "entry failed to start after reload");
             }
-        }
-        let servers = self.servers.lock().expect("servers lock");
-        for (id, server) in servers.iter() {
-            server.swap_routes(build_routes(&newer, id, &self.node.project_root));
         }
         Ok(report)
     }

@@ -107,3 +107,94 @@ fn cancel_delivers_reason() {
     let run = harness::start("proc_cancel");
     run.expect_pass(&["cancel.reason", "cancel.advisory"], T);
 }
+
+#[test]
+fn channels_buffered_unbuffered_close_and_select() {
+    let run = harness::start("proc_channels");
+    run.expect_pass(
+        &[
+            "channel.buffered",
+            "channel.unbuffered",
+            "channel.close",
+            "channel.select_ready",
+            "channel.select_default",
+            "channel.select_timeout",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn time_sleep_after_timer_ticker() {
+    let run = harness::start("proc_time");
+    run.expect_pass(
+        &["time.sleep", "time.after", "time.timer", "time.ticker"],
+        T,
+    );
+}
+
+#[test]
+fn coroutine_wrap_receive_waits_and_spawn_dies_with_main() {
+    let run = harness::start("proc_coroutines");
+    run.expect_pass(
+        &[
+            "coroutine.wrap_receive_waits",
+            "coroutine.wrap_yields",
+            "coroutine.spawn_concurrent",
+            "coroutine.spawn_killed_with_main",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn sandbox_globals_require_and_read_only_libraries() {
+    let run = harness::start("proc_sandbox");
+    run.expect_pass(
+        &[
+            "sandbox.absent_and_present",
+            "sandbox.require",
+            "sandbox.read_only",
+            "sandbox.isolation",
+            "sandbox.other_process",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn runaway_loop_does_not_freeze_its_neighbour() {
+    let run = harness::start("proc_runaway");
+    let modes = ["plain", "pcall", "table", "sort"];
+    let names: Vec<String> = modes
+        .iter()
+        .flat_map(|m| {
+            [
+                format!("runaway.heartbeat.{m}"),
+                format!("runaway.stopped.{m}"),
+            ]
+        })
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    run.expect_pass(&names, Duration::from_secs(14));
+    // The runtime says which process ran away (a warning or the error that stopped it).
+    let logs = run.logs();
+    let named = logs.iter().any(|l| {
+        l.contains("app:runaway")
+            && (l.contains("WARN") || l.contains("ERROR"))
+            && !l.contains("TEST ")
+    });
+    run.check(
+        named,
+        "no warning or error line names the runaway process app:runaway",
+    );
+}
+
+#[test]
+fn upgrade_keeps_pid_monitors_names_and_mailbox() {
+    let run = harness::start("proc_upgrade");
+    run.expect_pass(
+        &["upgrade.in_place", "upgrade.other_entry", "upgrade.failed"],
+        T,
+    );
+}

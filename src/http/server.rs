@@ -11,7 +11,7 @@ use crate::registry::kinds::EntryId;
 use crate::runtime::Node;
 use crate::security::SecurityContext;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -27,6 +27,11 @@ pub type Body = Full<Bytes>;
 /// Default request body limit.
 pub const BODY_LIMIT: usize = 1 << 20;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A body over the limit is read and thrown away (up to this much, for at most this long)
+/// before the 413 goes out: closing a socket with unread input makes the kernel reset the
+/// connection, and a client still sending its body would lose the answer.
+const DISCARD_LIMIT: u64 = 16 << 20;
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct ServerState {
     pub id: EntryId,
@@ -252,17 +257,16 @@ async fn endpoint(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.body_limit as u64) {
-        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        if declared.is_some_and(|n| n <= DISCARD_LIMIT) {
+            discard(body, 0).await;
+        }
+        return too_large();
     }
-    let body = match Limited::new(body, state.body_limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-            }
-            return error_response(StatusCode::BAD_REQUEST, "could not read request body");
+    let body = match read_body(body, state.body_limit).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Read) => {
+            return error_response(StatusCode::BAD_REQUEST, "could not read request body")
         }
     };
     let Some(code) = state.node.code(func) else {
@@ -308,6 +312,62 @@ async fn endpoint(
         }
         ExitResult::Value(v) => json_response(StatusCode::OK, v.to_json()),
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Read,
+}
+
+/// Collects the body up to `limit` bytes; past that, drains the rest (see `DISCARD_LIMIT`).
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Read)?.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            discard(body, len as u64).await;
+            return Err(BodyError::TooLarge);
+        }
+        // One chunk (the usual small body) is kept without a copy.
+        match &first {
+            None if rest.is_empty() => first = Some(data),
+            _ => {
+                if let Some(f) = first.take() {
+                    rest.extend_from_slice(&f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
+}
+
+/// Reads and drops what is left of a rejected body, within `DISCARD_LIMIT`/`DISCARD_TIMEOUT`.
+async fn discard(mut body: Incoming, mut seen: u64) {
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                seen += d.len() as u64;
+                if seen > DISCARD_LIMIT {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+fn too_large() -> Response<Body> {
+    let mut r = error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    // The connection cannot be reused when the body was not read to its end.
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn build_response(out: ResponseState) -> Response<Body> {

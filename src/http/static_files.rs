@@ -5,9 +5,11 @@
 //! plain `Full<Bytes>`; it is fine for web assets but a mount holding multi-hundred-MiB files
 //! (anything past ~64 MiB) would want a streaming body instead.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,6 +26,23 @@ pub struct StaticSite {
     spa: bool,
     index: String,
     cache_control: Option<HeaderValue>,
+    /// Small files by request path, so a hot file is served without a trip to the blocking
+    /// pool; an entry is trusted for `REVALIDATE`, then checked against the disk again.
+    cache: Arc<Mutex<HashMap<String, Cached>>>,
+}
+
+/// Files up to this size are kept in memory after the first request.
+const CACHE_FILE_MAX: u64 = 1 << 20;
+const CACHE_ENTRIES_MAX: usize = 1024;
+/// How stale a cached file may be: edits show up within this long.
+const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+struct Cached {
+    content_type: &'static str,
+    bytes: Bytes,
+    mtime: Option<SystemTime>,
+    checked: std::time::Instant,
 }
 
 impl StaticSite {
@@ -62,6 +81,7 @@ impl StaticSite {
             spa,
             index,
             cache_control,
+            cache: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -92,8 +112,24 @@ impl StaticSite {
             return json_error(StatusCode::NOT_FOUND, "not found");
         };
         let cond = Conditions::from_headers(headers);
+        let key = segments.join("/");
+        let hit = self
+            .cache
+            .lock()
+            .expect("static cache lock")
+            .get(&key)
+            .filter(|c| c.checked.elapsed() < REVALIDATE)
+            .cloned();
+        if let Some(c) = hit {
+            return self.respond(&c.bytes, c.mtime, c.content_type, head, &cond);
+        }
         let site = self.clone();
-        match tokio::task::spawn_blocking(move || site.serve_blocking(&segments, head, &cond)).await
+        match tokio::task::spawn_blocking(move || {
+            let resp = site.serve_blocking(&segments, head, &cond);
+            site.remember(&key, &segments);
+            resp
+        })
+        .await
         {
             Ok(resp) => resp,
             Err(e) => {
@@ -137,6 +173,108 @@ impl StaticSite {
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
         }
+    }
+
+    /// Caches the file behind `segments` when it is small (runs on the blocking pool).
+    fn remember(&self, key: &str, segments: &[String]) {
+        let mut candidate = self.root.clone();
+        candidate.extend(segments);
+        let (path, force_html) = match self.resolve(&candidate) {
+            Some(p) => (p, false),
+            None if self.spa => match self.confined_file(&self.root.join(&self.index)) {
+                Some(p) => (p, true),
+                None => return,
+            },
+            None => return,
+        };
+        let Ok(meta) = fs::metadata(&path) else {
+            return;
+        };
+        if meta.len() > CACHE_FILE_MAX {
+            return;
+        }
+        let Ok(bytes) = fs::read(&path) else { return };
+        let content_type = if force_html {
+            "text/html; charset=utf-8"
+        } else {
+            content_type_for(&path)
+        };
+        let mut cache = self.cache.lock().expect("static cache lock");
+        if cache.len() >= CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            key.to_string(),
+            Cached {
+                content_type,
+                bytes: Bytes::from(bytes),
+                mtime: meta.modified().ok(),
+                checked: std::time::Instant::now(),
+            },
+        );
+    }
+
+    /// The answer for a file already in memory: validators, conditions, Range, HEAD.
+    fn respond(
+        &self,
+        bytes: &Bytes,
+        mtime: Option<SystemTime>,
+        content_type: &'static str,
+        head: bool,
+        cond: &Conditions,
+    ) -> Response<Full<Bytes>> {
+        let len = bytes.len() as u64;
+        let etag = make_etag(len, mtime);
+        let mut builder = Response::builder()
+            .header(header::ETAG, &etag)
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        if let Some(lm) = mtime.map(httpdate::fmt_http_date) {
+            builder = builder.header(header::LAST_MODIFIED, lm);
+        }
+        if let Some(cc) = &self.cache_control {
+            builder = builder.header(header::CACHE_CONTROL, cc.clone());
+        }
+        if cond.not_modified(&etag, mtime) {
+            return builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Full::new(Bytes::new()))
+                .expect("static headers are valid");
+        }
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+        let range = match &cond.range {
+            Some(r) if cond.if_range_matches(&etag, mtime) => parse_range(r, len),
+            _ => RangeSpec::Full,
+        };
+        let (status, start, count) = match range {
+            RangeSpec::Full => (StatusCode::OK, 0, len),
+            RangeSpec::Partial { start, end } => {
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            RangeSpec::Unsatisfiable => {
+                return builder
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                    .header(header::CONTENT_LENGTH, 0)
+                    .body(Full::new(Bytes::new()))
+                    .expect("static headers are valid");
+            }
+        };
+        builder = builder.status(status).header(header::CONTENT_LENGTH, count);
+        if status == StatusCode::PARTIAL_CONTENT {
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{len}", start + count - 1),
+            );
+        }
+        let body = if head {
+            Bytes::new()
+        } else {
+            bytes.slice(start as usize..(start + count) as usize)
+        };
+        builder
+            .body(Full::new(body))
+            .expect("static headers are valid")
     }
 
     /// An existing regular file, or a directory's index file, confined to the root.
@@ -764,6 +902,12 @@ mod tests {
             .unwrap()
             .to_string();
         fs::write(f.root.join("digits.txt"), "0123456789abc").unwrap();
+        // Within REVALIDATE the cached copy may still answer; after it, the new file must.
+        let cached = hdr(&get(&s, "/digits.txt").await, "etag")
+            .unwrap()
+            .to_string();
+        assert_eq!(cached, e1, "served from the in-memory copy");
+        tokio::time::sleep(REVALIDATE + std::time::Duration::from_millis(50)).await;
         let e2 = hdr(&get(&s, "/digits.txt").await, "etag")
             .unwrap()
             .to_string();

@@ -27,6 +27,10 @@ use tokio_tungstenite::WebSocketStream;
 pub const MAX_FRAME: usize = 64 * 1024;
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Budget for a close frame to a client that may have stopped reading.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a blocked write looks at the client's queue for an overflow.
+const STALL_CHECK: Duration = Duration::from_millis(10);
 
 /// Counters for `/metrics`.
 pub static CONNECTIONS: AtomicI64 = AtomicI64::new(0);
@@ -168,9 +172,13 @@ pub fn accept(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
-                    .read_buffer_size(4096)
+                    .read_buffer_size(1024)
                     .write_buffer_size(0)
-                    .max_write_buffer_size(4 * MAX_FRAME)
+                    // Any one outbound frame must fit (the 64 KiB limit is for client
+                    // frames): tungstenite refuses a frame larger than this outright. The
+                    // buffer still holds at most one frame beyond the socket, because every
+                    // feed first waits for the previous write to drain.
+                    .max_write_buffer_size(usize::MAX)
                     .max_message_size(Some(MAX_FRAME))
                     .max_frame_size(Some(MAX_FRAME));
                 let ws = WebSocketStream::from_raw_socket(
@@ -215,10 +223,18 @@ fn tell(state: &ServerState, from: &Pid, to: &Pid, topic: &str, payload: Value) 
     );
 }
 
+/// A close frame's payload is at most 125 bytes (2 for the code): a longer reason would be a
+/// protocol error for the client, so it is cut at a character boundary.
+const MAX_CLOSE_REASON: usize = 123;
+
 fn close_frame(code: CloseCode, reason: &str) -> WsMessage {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     WsMessage::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from(reason.to_string()),
+        reason: Utf8Bytes::from(reason[..end].to_string()),
     }))
 }
 
@@ -301,6 +317,7 @@ where
     let mut last_seen = Instant::now();
     let mut shutdown = state.shutdown.clone();
     let mut batch: Vec<Signal> = Vec::new();
+    let mut frames: Vec<WsMessage> = Vec::new();
 
     let reason: String = 'conn: loop {
         tokio::select! {
@@ -322,7 +339,13 @@ where
                         tell(&state, &pid, &plan.target, &topic,
                             lifecycle(&pid, &plan, vec![("type", Value::str("binary")), ("data", Value::Str(b))]));
                     }
-                    Some(Ok(WsMessage::Close(_))) | None => break 'conn "client closed".to_string(),
+                    Some(Ok(WsMessage::Close(_))) => {
+                        // tungstenite queued the close reply; send it, or the client sees an
+                        // abnormal closure (1006) instead of completing the closing handshake.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+                        break 'conn "client closed".to_string();
+                    }
+                    None => break 'conn "client closed".to_string(),
                     Some(Ok(_)) => {}
                     Some(Err(tungstenite::Error::Capacity(e))) => {
                         let _ = sink.send(close_frame(CloseCode::Size, "frame too large")).await;
@@ -333,24 +356,24 @@ where
             }
             _ = poll_fn(|cx| if proc.mailbox.register(cx.waker()) { Poll::Pending } else { Poll::Ready(()) }) => {
                 if let Some(r) = proc.mailbox.kill_reason() {
-                    let _ = sink.send(close_frame(CloseCode::Normal, "terminated")).await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_frame(CloseCode::Normal, "terminated"))).await;
                     break 'conn format!("server closed: {r}");
                 }
                 if proc.mailbox.overflowed() {
                     SLOW_CLIENT_CLOSES.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(client_pid = %pid, queue = state.ws_buffer, "WebSocket client too slow; closing with 1013");
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_frame(CloseCode::Again, "client too slow"))).await;
+                    // The socket is likely full, so the close frame gets a short budget only.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_frame(CloseCode::Again, "client too slow"))).await;
                     break 'conn "server closed: client too slow".to_string();
                 }
                 proc.mailbox.drain(&mut batch);
-                let mut fed = 0usize;
                 let mut closing: Option<String> = None;
                 for signal in batch.drain(..) {
                     match signal {
                         Signal::Message(m) => match outbound(m) {
                             Outbound::Frame(f) => {
-                                if closing.is_none() && sink.feed(f).await.is_ok() {
-                                    fed += 1;
+                                if closing.is_none() {
+                                    frames.push(f);
                                 }
                             }
                             Outbound::Close(r) => {
@@ -361,19 +384,48 @@ where
                         Signal::Event(Event::Exit { from, .. }) if from == plan.target => {
                             closing.get_or_insert_with(|| "target process exited".to_string());
                         }
+                        // A linked process failed: the connection goes down with it (§3.4).
+                        Signal::Event(Event::LinkDown { error, .. }) => {
+                            closing.get_or_insert_with(|| format!("linked process failed: {error}"));
+                        }
                         Signal::Event(_) => {}
                     }
                 }
-                FRAMES_OUT.fetch_add(fed as u64, Ordering::Relaxed);
-                match tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break 'conn format!("client closed: {e}"),
-                    Err(_) => {
+                let fed = frames.len() as u64;
+                // A client that stops reading blocks the write (feed waits for socket space).
+                // Meanwhile its queue keeps filling: watch for the overflow so it is closed
+                // with 1013 at once instead of after WRITE_TIMEOUT, or never.
+                let write = async {
+                    for f in frames.drain(..) {
+                        sink.feed(f).await?;
+                    }
+                    sink.flush().await
+                };
+                let overflow = async {
+                    loop {
+                        tokio::time::sleep(STALL_CHECK).await;
+                        if proc.mailbox.overflowed() {
+                            break;
+                        }
+                    }
+                };
+                let written = tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => Some(r),
+                    () = overflow => None,
+                };
+                frames.clear();
+                match written {
+                    Some(Ok(Ok(()))) => FRAMES_OUT.fetch_add(fed, Ordering::Relaxed),
+                    Some(Ok(Err(e))) => break 'conn format!("client closed: {e}"),
+                    Some(Err(_)) => {
                         SLOW_CLIENT_CLOSES.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(client_pid = %pid, "WebSocket write stalled; closing");
                         break 'conn "server closed: write timeout".to_string();
                     }
-                }
+                    // The overflow check at the top of this arm closes it with 1013.
+                    None => continue 'conn,
+                };
                 if let Some(r) = closing {
                     let target_exited = r == "target process exited";
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_frame(CloseCode::Normal, &r))).await;

@@ -43,8 +43,16 @@ pub struct ProcCtx {
     tasks: RefCell<Vec<tokio::task::AbortHandle>>,
     /// When the current poll started (the preemption hook measures from here).
     pub slice_start: Cell<Instant>,
-    /// The Lua thread being polled now: the only one the hook may yield.
+    /// The process body coroutine being polled now: the only one the hook may yield.
     pub running_thread: Cell<*const std::ffi::c_void>,
+    /// Set by the hook when it preempted the current poll (as opposed to a real wait).
+    pub preempted: Cell<bool>,
+    /// Since when the process has run without a real wait (preempted polls only).
+    pub busy_since: Cell<Option<Instant>>,
+    /// Whether this busy streak was already logged as a runaway.
+    pub runaway_logged: Cell<bool>,
+    /// Whether the run-budget error was already logged (a script may catch it and go on).
+    pub budget_logged: Cell<bool>,
     pub kill: RefCell<Option<String>>,
     /// Set for `function.lua` calls made by the HTTP server.
     pub http: Option<Rc<crate::lua::modules::http::HttpFrame>>,
@@ -74,6 +82,10 @@ impl ProcCtx {
             tasks: RefCell::new(Vec::new()),
             slice_start: Cell::new(Instant::now()),
             running_thread: Cell::new(std::ptr::null()),
+            preempted: Cell::new(false),
+            busy_since: Cell::new(None),
+            runaway_logged: Cell::new(false),
+            budget_logged: Cell::new(false),
             kill: RefCell::new(None),
             http,
             upgrade: RefCell::new(None),
@@ -100,6 +112,10 @@ impl ProcCtx {
             tasks: RefCell::new(Vec::new()),
             slice_start: Cell::new(Instant::now()),
             running_thread: Cell::new(std::ptr::null()),
+            preempted: Cell::new(false),
+            busy_since: Cell::new(None),
+            runaway_logged: Cell::new(false),
+            budget_logged: Cell::new(false),
             kill: RefCell::new(None),
             http: None,
             upgrade: RefCell::new(None),
@@ -224,6 +240,16 @@ pub fn current_labels() -> Option<(String, String)> {
 /// Runtime permission check in the current security context (§7.3).
 pub fn allowed(action: &str, resource: &str) -> bool {
     allowed_with_meta(action, resource, &serde_json::Value::Null)
+}
+
+/// The decision when no policy needs evaluating (no actor or no scope): `Some(!strict)`.
+/// Hot paths call this first so they build resource strings and meta only when needed.
+pub fn decided_without_policies() -> Option<bool> {
+    with_current(|c| {
+        let sec = c.security.borrow();
+        (sec.actor.is_none() || sec.scope.is_none()).then_some(!c.node.strict_mode)
+    })
+    .unwrap_or(Some(true))
 }
 
 pub fn allowed_with_meta(action: &str, resource: &str, meta: &serde_json::Value) -> bool {

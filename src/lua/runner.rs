@@ -171,7 +171,7 @@ fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
         .set_name(format!("@{}", ctx.code.chunk_name))
         .set_environment(env.clone())
         .into_function()?;
-    let thread = lua.create_thread(w.bootstrap.clone())?;
+    let body = lua.create_thread(w.bootstrap.clone())?;
     let mut call_args = MultiValue::new();
     call_args.push_back(mlua::Value::Function(chunk));
     call_args.push_back(mlua::Value::Table(env));
@@ -179,26 +179,39 @@ fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
     for a in &args {
         call_args.push_back(convert::to_lua(lua, a)?);
     }
-    let ptr = thread.to_pointer();
-    Ok(LuaTask {
-        fut: thread.into_async(call_args)?,
-        ptr,
-    })
+    LuaTask::driven(&w, body, call_args)
 }
 
+/// A process coroutine as a future: `AsyncThread` runs the driver, the driver resumes `body`
+/// (where the script runs and the preemption hook may yield).
 pub struct LuaTask {
     fut: AsyncThread<MultiValue>,
+    /// The body coroutine: the one the preemption hook may yield.
     ptr: *const std::ffi::c_void,
+    /// After a preemption: a `yield_now` to finish before the body runs again.
+    yielding: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
 impl LuaTask {
+    /// `body` resumed by the driver with `args` on its first resume.
+    fn driven(
+        w: &crate::lua::worker::WorkerLua,
+        body: mlua::Thread,
+        mut args: MultiValue,
+    ) -> mlua::Result<LuaTask> {
+        let ptr = body.to_pointer();
+        args.push_front(mlua::Value::Thread(body));
+        let outer = w.lua.create_thread(w.driver.clone())?;
+        Ok(LuaTask {
+            fut: outer.into_async(args)?,
+            ptr,
+            yielding: None,
+        })
+    }
+
     /// An existing coroutine run as a task (for `coroutine.spawn`).
     pub fn of_thread(thread: mlua::Thread) -> mlua::Result<LuaTask> {
-        let ptr = thread.to_pointer();
-        Ok(LuaTask {
-            fut: thread.into_async(())?,
-            ptr,
-        })
+        LuaTask::driven(&worker_lua(), thread, MultiValue::new())
     }
 }
 
@@ -216,6 +229,12 @@ impl Future for ProcTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if let Some(y) = this.thread.yielding.as_mut() {
+            if y.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.thread.yielding = None;
+        }
         let ctx = this.ctx.clone();
         ctx.pump();
         if let Some(reason) = ctx.kill.borrow().clone() {
@@ -226,12 +245,24 @@ impl Future for ProcTask {
         let polled = context::enter(&ctx, || {
             ctx.slice_start.set(std::time::Instant::now());
             ctx.running_thread.set(ptr);
+            ctx.preempted.set(false);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Pin::new(&mut *fut).poll(cx)
             }))
         });
         match polled {
             Ok(Poll::Pending) => {
+                if ctx.preempted.get() {
+                    // mlua re-wakes a yielded thread at once, and the worker's LocalSet would
+                    // poll it again up to 61 times before the runtime turns its timer and I/O
+                    // drivers (~300 ms of a runaway); `yield_now` defers the next poll until
+                    // after that turn, so sleeping neighbours wake on time.
+                    this.thread.yielding = Some(Box::pin(tokio::task::yield_now()));
+                } else {
+                    // A real wait ends a busy streak.
+                    ctx.busy_since.set(None);
+                    ctx.runaway_logged.set(false);
+                }
                 if !ctx.proc.mailbox.register(cx.waker()) {
                     cx.waker().wake_by_ref();
                 }
@@ -321,4 +352,115 @@ pub async fn exec(
     )?;
     rx.await
         .map_err(|_| ErrorValue::new(ErrorKind::Internal, "process vanished"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::pid::{Event, Signal};
+    use crate::registry::kinds::LuaCode;
+    use crate::runtime::{Resources, Snapshot};
+    use std::time::{Duration, Instant};
+
+    fn node_with_host(host: &EntryId) -> Arc<Node> {
+        let mut resources = Resources::default();
+        resources.running_hosts.insert(host.clone());
+        Arc::new(Node {
+            procs: Arc::new(crate::process::table::ProcessTable::default()),
+            scheduler: crate::process::scheduler::Scheduler::start(1),
+            snapshot: std::sync::RwLock::new(Arc::new(Snapshot {
+                registry: Arc::new(crate::registry::Registry::default()),
+                code: Default::default(),
+                policies: Default::default(),
+            })),
+            resources: std::sync::RwLock::new(resources),
+            project_root: std::env::temp_dir(),
+            strict_mode: false,
+        })
+    }
+
+    fn events_of(entry: &crate::process::table::ProcessEntry, want: usize) -> Vec<Event> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < want && Instant::now() < deadline {
+            match entry.mailbox.pop() {
+                Some(Signal::Event(e)) => got.push(e),
+                Some(Signal::Message(_)) => {}
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_rust_panic_in_a_binding_still_fires_monitors_and_links() {
+        let host = EntryId::new("t", "host");
+        let node = node_with_host(&host);
+        // A binding that panics, visible to scripts on the (single) worker.
+        let (tx, rx) = std::sync::mpsc::channel();
+        node.scheduler.submit_to(
+            0,
+            Box::new(move || {
+                let w = worker_lua();
+                let base: mlua::Table = w.env_meta.raw_get("__index").unwrap();
+                let f = w
+                    .lua
+                    .create_function(|_, ()| -> mlua::Result<()> { panic!("binding bug") })
+                    .unwrap();
+                base.raw_set("test_panic", f).unwrap();
+                tx.send(()).unwrap();
+            }),
+        );
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let id = EntryId::new("t", "panicky");
+        let code = crate::lua::compile::compile(
+            &id,
+            &LuaCode {
+                source: "return { main = function() test_panic() end }".into(),
+                chunk_name: "panicky.lua".into(),
+                method: "main".into(),
+                modules: vec![],
+                imports: Default::default(),
+            },
+            true,
+        )
+        .unwrap();
+        let watcher = node
+            .procs
+            .register(Arc::from("t:host"), Arc::from("t:watcher"));
+        let pid = spawn_process(
+            &node,
+            code,
+            &host,
+            vec![],
+            Arc::new(SecurityContext::default()),
+            SpawnOptions {
+                link_to: Some(watcher.pid.clone()),
+                monitor_by: Some(watcher.pid.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let events = events_of(&watcher, 2);
+        let exit = events.iter().find_map(|e| match e {
+            Event::Exit {
+                from,
+                result: ExitResult::Error(msg),
+            } if *from == pid => Some(msg.clone()),
+            _ => None,
+        });
+        let down = events.iter().find_map(|e| match e {
+            Event::LinkDown { from, error } if *from == pid => Some(error.clone()),
+            _ => None,
+        });
+        assert!(
+            exit.as_deref().is_some_and(|m| m.contains("binding bug")),
+            "EXIT: {events:?}"
+        );
+        assert!(
+            down.as_deref().is_some_and(|m| m.contains("binding bug")),
+            "LINK_DOWN: {events:?}"
+        );
+        assert!(node.procs.get(pid.id()).is_none(), "the process is gone");
+    }
 }

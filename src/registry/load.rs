@@ -20,6 +20,11 @@ use super::Registry;
 pub const DEMO_TOKEN_KEY: &str = "demo-secret-key-change-in-production";
 
 /// Every kind this runtime knows, in spec order (§1.7).
+/// Modules `require` can load (§2.2); an entry listing another is a load error.
+pub const KNOWN_MODULES: &[&str] = &[
+    "http", "json", "logger", "time", "crypto", "sql", "security", "store",
+];
+
 pub const KNOWN_KINDS: &[&str] = &[
     "db.sql.sqlite",
     "store.memory",
@@ -984,6 +989,14 @@ fn lua_code(cx: &mut Cx, function: bool) -> LuaCode {
         .unwrap_or_else(|| cx.id.to_string());
     let method = cx.required_string(&["method"]).unwrap_or_default();
     let modules = cx.strings(&["modules"]);
+    for (i, m) in modules.iter().enumerate() {
+        if !KNOWN_MODULES.contains(&m.as_str()) {
+            cx.error_at(
+                vec![Seg::Key("modules".into()), Seg::Index(i)],
+                format!("unknown module `{m}` (known: {})", KNOWN_MODULES.join(", ")),
+            );
+        }
+    }
     let mut imports = BTreeMap::new();
     if let Some(map) = cx.mapping(&["imports"]) {
         for (alias, target) in map {
@@ -2187,6 +2200,18 @@ mod tests {
         };
         assert!(b.directory.ends_with("registry/assets"));
         assert_eq!(b.mode, 0o750);
+    }
+
+    #[test]
+    fn unknown_modules_are_errors() {
+        let errs = errors(
+            "namespace: app\nentries:\n  - name: p\n    kind: process.lua\n    source: 'return {}'\n    method: main\n    modules: [json, sokets]\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("field `modules[1]`: unknown module `sokets`"),
+            "{errs:?}"
+        );
     }
 
     #[test]

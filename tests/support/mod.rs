@@ -103,6 +103,58 @@ impl Moonwire {
         mw
     }
 
+    /// Like [`Moonwire::start`] but with hot reload on (no `--no-watch`), on an ephemeral port.
+    pub fn start_watching(dir: &Path, expect_http: bool) -> Moonwire {
+        Self::launch(dir, expect_http, &["--addr", "127.0.0.1:0"], &[])
+    }
+
+    /// `moonwire run --registry registry` plus `args`, watching for changes unless `args` has
+    /// `--no-watch`; without `--addr` every `http.service` binds its own `addr`. `addr` is then
+    /// the first `listening` address.
+    pub fn launch(dir: &Path, expect_http: bool, args: &[&str], env: &[(&str, &str)]) -> Moonwire {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moonwire"));
+        cmd.args(["run", "--registry", "registry"])
+            .args(args)
+            .current_dir(dir)
+            .env("MOONWIRE_LOG", "info")
+            .env_remove("MOONWIRE_LOG_FORMAT")
+            .env_remove("MOONWIRE_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start moonwire");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var("MOONWIRE_TEST_ECHO").is_ok() {
+                    eprintln!("[moonwire] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut mw = Moonwire {
+            child,
+            lines,
+            addr: None,
+            dir: dir.to_path_buf(),
+        };
+        if expect_http {
+            let line = mw.wait_for("listening", Duration::from_secs(20));
+            mw.addr = Some(field(&line, "addr").parse().expect("listening addr"));
+        }
+        if !args.contains(&"--no-watch") {
+            // Edits made before the watches exist would go unnoticed.
+            mw.wait_for("watching for changes", Duration::from_secs(20));
+        }
+        mw
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("server address")
     }

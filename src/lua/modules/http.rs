@@ -29,6 +29,8 @@ pub struct ResponseState {
     pub body: Vec<u8>,
     /// Any of set_status/set_header/write*/flush was called: the handler answered.
     pub touched: bool,
+    /// The body started (write*, flush): status and headers are final from here on.
+    pub started: bool,
 }
 
 impl ResponseState {
@@ -76,8 +78,30 @@ fn frame() -> Option<Rc<HttpFrame>> {
     context::with_current(|c| c.http.clone()).flatten()
 }
 
-struct Request(Rc<HttpFrame>);
+/// `max_body` from `http.request{max_body}`: a larger body reads as `INVALID`.
+struct Request(Rc<HttpFrame>, usize);
 struct Response(Rc<HttpFrame>);
+
+const DEFAULT_MAX_BODY: usize = 125_829_120;
+
+fn max_body_option(opts: &mlua::Value) -> mlua::Result<usize> {
+    let mlua::Value::Table(t) = opts else {
+        return Ok(DEFAULT_MAX_BODY);
+    };
+    match t.get::<Option<i64>>("max_body")? {
+        Some(n) if n > 0 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        _ => Ok(DEFAULT_MAX_BODY),
+    }
+}
+
+/// Status and headers cannot change once the body started (§6.1).
+fn headers_sent(lua: &Lua) -> mlua::Result<Option<mlua::Value>> {
+    Ok(Some(crate::lua::errors::error_object(
+        lua,
+        ErrorKind::Invalid,
+        "headers already sent",
+    )?))
+}
 
 impl UserData for Request {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
@@ -164,12 +188,18 @@ impl UserData for Request {
         });
         m.add_method("remote_addr", |_, this, ()| Ok(this.0.remote_addr.clone()));
         m.add_method("body", |lua, this, ()| {
+            if this.0.body.len() > this.1 {
+                return fail(lua, ErrorKind::Invalid, "request body too large");
+            }
             ok(lua, lua.create_string(&this.0.body)?)
         });
         m.add_method("has_body", |_, this, ()| Ok(!this.0.body.is_empty()));
         m.add_method("body_json", |lua, this, ()| {
             if this.0.body.is_empty() {
                 return fail(lua, ErrorKind::Invalid, "empty body");
+            }
+            if this.0.body.len() > this.1 {
+                return fail(lua, ErrorKind::Invalid, "request body too large");
             }
             match serde_json::from_slice::<serde_json::Value>(&this.0.body) {
                 Ok(j) => ok(lua, crate::lua::convert::json_to_lua(lua, &j)?),
@@ -225,21 +255,32 @@ impl UserData for Response {
                 )?));
             }
             let mut r = this.0.response.borrow_mut();
+            if r.started {
+                return headers_sent(lua);
+            }
             r.status = Some(code as u16);
             r.touched = true;
             Ok(None)
         });
         m.add_method(
             "set_header",
-            |_, this, (name, value): (String, mlua::Value)| {
+            |lua, this, (name, value): (String, mlua::Value)| {
                 let value = value_string(&value)?;
-                this.0.response.borrow_mut().set_header(&name, value);
-                Ok(mlua::Value::Nil)
+                let mut r = this.0.response.borrow_mut();
+                if r.started {
+                    return headers_sent(lua);
+                }
+                r.set_header(&name, value);
+                Ok(None)
             },
         );
-        m.add_method("set_content_type", |_, this, ct: String| {
-            this.0.response.borrow_mut().set_header("Content-Type", ct);
-            Ok(mlua::Value::Nil)
+        m.add_method("set_content_type", |lua, this, ct: String| {
+            let mut r = this.0.response.borrow_mut();
+            if r.started {
+                return headers_sent(lua);
+            }
+            r.set_header("Content-Type", ct);
+            Ok(None)
         });
         m.add_method("write", |_, this, s: mlua::Value| {
             let bytes = match &s {
@@ -249,6 +290,7 @@ impl UserData for Response {
             let mut r = this.0.response.borrow_mut();
             r.body.extend_from_slice(&bytes);
             r.touched = true;
+            r.started = true;
             Ok(mlua::Value::Nil)
         });
         m.add_method("write_json", |lua, this, v: mlua::Value| {
@@ -263,15 +305,18 @@ impl UserData for Response {
                 }
             };
             let mut r = this.0.response.borrow_mut();
-            if r.header("Content-Type").is_none() {
+            if !r.started && r.header("Content-Type").is_none() {
                 r.set_header("Content-Type", "application/json".into());
             }
             r.body.extend_from_slice(encoded.as_bytes());
             r.touched = true;
+            r.started = true;
             Ok(None)
         });
         m.add_method("flush", |_, this, ()| {
-            this.0.response.borrow_mut().touched = true;
+            let mut r = this.0.response.borrow_mut();
+            r.touched = true;
+            r.started = true;
             Ok(mlua::Value::Nil)
         });
         m.add_method("set_transfer", |_, this, mode: String| {
@@ -289,7 +334,7 @@ impl UserData for Response {
             let data =
                 crate::lua::modules::json::encode_value(&data).map_err(mlua::Error::runtime)?;
             let mut r = this.0.response.borrow_mut();
-            if r.header("Content-Type").is_none() {
+            if !r.started && r.header("Content-Type").is_none() {
                 r.set_header("Content-Type", "text/event-stream".into());
             }
             if let Some(n) = name {
@@ -298,6 +343,7 @@ impl UserData for Response {
             r.body
                 .extend_from_slice(format!("data: {data}\n\n").as_bytes());
             r.touched = true;
+            r.started = true;
             Ok(mlua::Value::Nil)
         });
     }
@@ -307,8 +353,8 @@ pub fn loader(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set(
         "request",
-        lua.create_function(|lua, _: mlua::Value| match frame() {
-            Some(f) => ok(lua, Request(f)),
+        lua.create_function(|lua, opts: mlua::Value| match frame() {
+            Some(f) => ok(lua, Request(f, max_body_option(&opts)?)),
             None => fail(lua, ErrorKind::Internal, "no HTTP request in this context"),
         })?,
     )?;
