@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 
 /// Quiet time after the last event before reloading: editors write files in several steps.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// The longest a stream of events can hold a reload back.
+pub const MAX_DEBOUNCE: Duration = Duration::from_millis(500);
 const QUEUE: usize = 1024;
 /// How often watched folders are checked for having been replaced (a deploy that swaps a
 /// folder, a branch switch): a watch follows the old folder, so no event would ever come.
@@ -126,8 +128,12 @@ pub fn spawn(
                 }
             }
             let first_event = Instant::now();
-            // Debounce: keep absorbing events until the files have been quiet for a while.
+            // Debounce: keep absorbing events until the files have been quiet for a while, but
+            // never postpone a reload past MAX_DEBOUNCE (a file rewritten every few ms).
             loop {
+                if first_event.elapsed() >= MAX_DEBOUNCE {
+                    break;
+                }
                 match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
                     Ok(Some(())) => continue,
                     Ok(None) => return,

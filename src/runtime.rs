@@ -117,11 +117,13 @@ pub struct RunOptions {
 pub struct Runtime {
     pub node: Arc<Node>,
     services: Mutex<Vec<(EntryId, ServiceHandle)>>,
-    servers: Mutex<Vec<(EntryId, ServerHandle)>>,
+    servers: Arc<Mutex<Vec<(EntryId, ServerHandle)>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     opts: RunOptions,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Set once the initial start has finished (start failures then stop being fatal).
+    booted: std::sync::atomic::AtomicBool,
 }
 
 /// What a reload did, for the log line and tests.
@@ -289,10 +291,11 @@ impl Runtime {
         let rt = Runtime {
             node: node.clone(),
             services: Mutex::new(Vec::new()),
-            servers: Mutex::new(Vec::new()),
+            servers: Arc::new(Mutex::new(Vec::new())),
             background: Mutex::new(Vec::new()),
             opts: opts.clone(),
             reloading: tokio::sync::Mutex::new(()),
+            booted: std::sync::atomic::AtomicBool::new(false),
         };
         for id in registry.start_order() {
             let Some(entry) = registry.get(&id) else {
@@ -308,6 +311,7 @@ impl Runtime {
                 return Err(StartError::Entry { id, message });
             }
         }
+        rt.booted.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(rt)
     }
 
@@ -422,17 +426,70 @@ impl Runtime {
                     ws_buffer: h.buffer_size,
                     idle_timeout: h.idle_timeout,
                 };
-                let handle = server::start(node.clone(), cfg, routes)
-                    .await
-                    .map_err(|e| format!("cannot listen on {}: {e}", h.addr))?;
-                self.servers
-                    .lock()
-                    .expect("servers lock")
-                    .push((entry.id.clone(), handle));
+                match server::start(node.clone(), cfg, routes).await {
+                    Ok(handle) => self
+                        .servers
+                        .lock()
+                        .expect("servers lock")
+                        .push((entry.id.clone(), handle)),
+                    // At boot a server that cannot listen fails the start; after a reload the
+                    // rest keeps running and the server retries with backoff (§9.2).
+                    Err(e) if !self.booted.load(std::sync::atomic::Ordering::Relaxed) => {
+                        return Err(format!("cannot listen on {}: {e}", h.addr));
+                    }
+                    Err(e) => {
+                        tracing::error!(server = %entry.id, addr = %h.addr, error = %e, "cannot listen; retrying with backoff");
+                        self.retry_bind(entry.clone(), h.lifecycle.clone());
+                    }
+                }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Keeps trying to bind a server whose address was taken, while its entry is unchanged.
+    fn retry_bind(
+        &self,
+        entry: crate::registry::Entry,
+        lifecycle: crate::registry::kinds::Lifecycle,
+    ) {
+        let (node, servers, opts) = (self.node.clone(), self.servers.clone(), self.opts.clone());
+        let EntryKind::HttpService(h) = entry.kind.clone() else {
+            return;
+        };
+        let wanted = format!("{:?}", entry.kind);
+        self.background.lock().expect("background lock").push(tokio::spawn(async move {
+            for attempt in 1u32.. {
+                tokio::time::sleep(supervisor::backoff(&lifecycle, attempt)).await;
+                let still_wanted = node
+                    .snapshot()
+                    .registry
+                    .get(&entry.id)
+                    .is_some_and(|e| format!("{:?}", e.kind) == wanted);
+                if !still_wanted {
+                    return;
+                }
+                let cfg = ServerConfig {
+                    id: entry.id.clone(),
+                    addr: opts.addr_override.clone().unwrap_or_else(|| h.addr.clone()),
+                    baseline: Arc::new(match &h.lifecycle.security {
+                        Some(spec) => node.snapshot().policies.context_from_spec(spec),
+                        None => SecurityContext::default(),
+                    }),
+                    ws_buffer: h.buffer_size,
+                    idle_timeout: h.idle_timeout,
+                };
+                let routes = build_routes(&node.snapshot().registry, &entry.id, &node.project_root);
+                match server::start(node.clone(), cfg, routes).await {
+                    Ok(handle) => {
+                        servers.lock().expect("servers lock").push((entry.id.clone(), handle));
+                        return;
+                    }
+                    Err(e) => tracing::warn!(server = %entry.id, attempt, error = %e, "still cannot listen"),
+                }
+            }
+        }));
     }
 
     async fn stop_entry(&self, id: &EntryId) -> bool {
@@ -458,17 +515,59 @@ impl Runtime {
             s.stop().await;
             return true;
         }
-        let mut res = self.node.resources.write().expect("resources lock");
-        let db = res.dbs.remove(id);
-        let was = db.is_some()
-            | res.memory_stores.remove(id).is_some()
-            | res.token_stores.remove(id).is_some()
-            | res.running_hosts.remove(id);
-        drop(res);
+        let (db, host, was) = {
+            let mut res = self.node.resources.write().expect("resources lock");
+            let db = res.dbs.remove(id);
+            let host = res.running_hosts.remove(id);
+            let was = db.is_some()
+                | res.memory_stores.remove(id).is_some()
+                | res.token_stores.remove(id).is_some()
+                | host;
+            (db, host, was)
+        };
         if let Some(db) = db {
             db.close();
         }
+        if host {
+            self.stop_host_processes(id).await;
+        }
         was
+    }
+
+    /// Stopping a host cancels its processes, waits `stop_timeout`, then terminates the rest
+    /// (§9.2); their monitors and links fire as for any exit.
+    async fn stop_host_processes(&self, host: &EntryId) {
+        let label = host.to_string();
+        let on_host = || -> Vec<_> {
+            self.node
+                .procs
+                .all()
+                .into_iter()
+                .filter(|p| p.pid.host() == label)
+                .collect()
+        };
+        for p in on_host() {
+            p.mailbox.push(crate::process::pid::Signal::Event(
+                crate::process::pid::Event::Cancel {
+                    from: None,
+                    reason: "host stopping".into(),
+                },
+            ));
+        }
+        let stop_timeout = self
+            .node
+            .snapshot()
+            .registry
+            .get(host)
+            .and_then(|e| e.kind.lifecycle().map(|l| l.stop_timeout))
+            .unwrap_or(std::time::Duration::from_secs(10));
+        let deadline = std::time::Instant::now() + stop_timeout;
+        while !on_host().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for p in on_host() {
+            p.mailbox.kill("terminated");
+        }
     }
 
     /// The running child of service `id`, if it opted in to upgrades.
@@ -550,7 +649,7 @@ impl Runtime {
                 let label = id.to_string();
                 let sources = affecting(id);
                 for p in self.node.procs.all() {
-                    if *p.entry == *label {
+                    if *p.entry() == *label {
                         outdated
                             .entry(p.pid.id())
                             .or_insert_with(|| (p.clone(), Default::default()))

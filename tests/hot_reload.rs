@@ -757,8 +757,6 @@ fn subfolders_of_the_registry_stay_watched() {
 }
 
 #[test]
-#[ignore = "bug outside the reload path (src/lua/context.rs pump / src/process/mailbox.rs): \
-            each reload queues its own OUTDATED instead of merging into the undelivered one (§10.2)"]
 fn invalidations_merge_into_one_undelivered_outdated_event() {
     let dir = project("reload_outdated");
     let mw = Moonwire::start_watching(dir.path(), false);
@@ -900,9 +898,6 @@ fn removed_entries_stop_in_reverse_start_order() {
 }
 
 #[test]
-#[ignore = "bug outside the reload path (src/process/table.rs, src/lua/context.rs): after \
-            process.upgrade(\"other:entry\") the process table still labels the process with \
-            its first entry, so a change to the entry it now runs sends it no OUTDATED"]
 fn a_process_that_upgraded_to_another_entry_is_outdated_by_that_entry() {
     let dir = project("reload_outdated");
     let mw = Moonwire::start_watching(dir.path(), false);
@@ -921,9 +916,6 @@ fn a_process_that_upgraded_to_another_entry_is_outdated_by_that_entry() {
 }
 
 #[test]
-#[ignore = "bug in Runtime::start_entry (http.service has no supervisor): a server whose new \
-            addr cannot be bound after a reload is logged and left down, instead of Failed with \
-            restart backoff (§9.2)"]
 fn a_server_that_cannot_bind_its_new_addr_retries() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let first = free.local_addr().unwrap();

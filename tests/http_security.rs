@@ -195,9 +195,6 @@ fn handler_outcomes_map_to_json_answers() {
 }
 
 #[test]
-#[ignore = "runtime bug in src/lua/runner.rs (result_from_returns): a return value that cannot \
-            be converted becomes nil silently, so the answer says \"no response sent\" and \
-            nothing is logged"]
 fn an_unconvertible_return_value_is_reported() {
     let (_dir, mw) = start();
     let r = get(mw.addr(), "/api/unencodable", &[]);

@@ -13,7 +13,10 @@ const T: Duration = Duration::from_secs(10);
 #[test]
 fn send_receive_payload_shapes_and_several_payloads() {
     let run = harness::start("proc_send");
-    run.expect_pass(&["send.shapes", "send.refusals", "send.echo"], T);
+    run.expect_pass(
+        &["send.shapes", "send.listen", "send.refusals", "send.echo"],
+        T,
+    );
 }
 
 #[test]

@@ -205,6 +205,38 @@ fn requires_and_depends_on_order_service_starts() {
         .map(|l| support::field(l, "service"))
         .collect();
     let pos = |s: &str| started.iter().position(|x| x == s).unwrap_or(usize::MAX);
-    let (a, b, c) = (pos("app:3-a-service"), pos("app:2-b-service"), pos("app:1-c-service"));
-    run.check(c != usize::MAX && a < b && b < c, &format!("start order {started:?}"));
+    let (a, b, c) = (
+        pos("app:3-a-service"),
+        pos("app:2-b-service"),
+        pos("app:1-c-service"),
+    );
+    run.check(
+        c != usize::MAX && a < b && b < c,
+        &format!("start order {started:?}"),
+    );
+}
+
+#[test]
+fn shutdown_cancels_services_then_terminates_the_stubborn_ones() {
+    let mut run = harness::start("proc_sup_stop");
+    run.wait_for("polite ready", Duration::from_secs(10));
+    run.wait_for("stubborn ready", Duration::from_secs(10));
+    let started = std::time::Instant::now();
+    let status = run.mw.stop();
+    let took = started.elapsed();
+    let polite = run.wait_for("polite got", Duration::from_secs(2));
+    run.check(
+        polite.contains("kind=pid.cancel reason=service stopping"),
+        &format!("CANCEL with the stop reason: {polite}"),
+    );
+    run.check(status.success(), &format!("clean shutdown, got {status:?}"));
+    // The stubborn service held shutdown for about its stop_timeout, not the 10 s default.
+    run.check(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        &format!("shutdown took {took:?}"),
+    );
+    run.check(
+        run.count("service stopped") >= 2,
+        "both services reported stopped",
+    );
 }

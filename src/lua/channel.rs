@@ -29,6 +29,9 @@ struct State {
     taken: u64,
     pushed: u64,
     wakers: Vec<Waker>,
+    /// Receivers parked on this channel (`receive` or a select's receive case): an unbuffered
+    /// channel's select send case is ready only when one is waiting for the value.
+    receivers: usize,
 }
 
 pub struct ChanCore {
@@ -70,6 +73,28 @@ impl ChanCore {
         self.wake_all();
     }
 
+    /// Folds an OUTDATED event into one still undelivered (union, no duplicates), or queues
+    /// it (§10.2).
+    pub fn push_outdated(&self, mut sources: Vec<String>) {
+        sources.dedup();
+        {
+            let mut st = self.state.borrow_mut();
+            let queued = st.buf.iter_mut().rev().find_map(|item| match item {
+                Item::Event(Event::Outdated { sources }) => Some(sources),
+                _ => None,
+            });
+            if let Some(queued) = queued {
+                for s in sources {
+                    if !queued.contains(&s) {
+                        queued.push(s);
+                    }
+                }
+                return;
+            }
+        }
+        self.push(Item::Event(Event::Outdated { sources }));
+    }
+
     /// Push only if the buffer has room (tickers drop unread ticks).
     pub fn offer(&self, item: Item) -> bool {
         let full = {
@@ -87,6 +112,18 @@ impl ChanCore {
         match self.capacity {
             None => true,
             Some(c) => st.buf.len() < c.max(1),
+        }
+    }
+
+    /// Whether a select's send case may complete now. Unbuffered: only into the hands of a
+    /// waiting receiver (otherwise the value would sit in the channel as if it had a buffer).
+    fn select_can_send(&self) -> bool {
+        match self.capacity {
+            Some(0) => {
+                let st = self.state.borrow();
+                st.buf.len() < st.receivers
+            }
+            _ => self.can_send(),
         }
     }
 
@@ -163,14 +200,49 @@ impl ChanCore {
     }
 
     pub async fn receive(&self) -> Option<Item> {
+        let mut parked = Parked::new(self);
         poll_fn(|cx| match self.try_take() {
             Some(r) => Poll::Ready(r),
             None => {
+                parked.park();
                 self.register(cx.waker());
                 Poll::Pending
             }
         })
         .await
+    }
+}
+
+/// Counts a waiting receiver on a channel while it is parked (until dropped).
+struct Parked<'a> {
+    core: &'a ChanCore,
+    parked: bool,
+}
+
+impl<'a> Parked<'a> {
+    fn new(core: &'a ChanCore) -> Self {
+        Parked {
+            core,
+            parked: false,
+        }
+    }
+
+    fn park(&mut self) {
+        if !self.parked {
+            self.parked = true;
+            self.core.state.borrow_mut().receivers += 1;
+            // A select waiting to hand a value to an unbuffered channel can go ahead now.
+            self.core.wake_all();
+        }
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        if self.parked {
+            let mut st = self.core.state.borrow_mut();
+            st.receivers = st.receivers.saturating_sub(1);
+        }
     }
 }
 
@@ -256,13 +328,18 @@ async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
     } else {
         0
     };
+    // Receive cases count as waiting receivers while the select is parked.
+    let mut parked: Vec<Option<Parked>> = list
+        .iter()
+        .map(|(_, core, send)| send.is_none().then(|| Parked::new(core)))
+        .collect();
     let ready = poll_fn(|cx| {
         for i in 0..list.len() {
             let idx = (start + i) % list.len();
             let (_, core, send) = &list[idx];
             match send {
                 Some(_) => {
-                    if core.is_closed() || core.can_send() {
+                    if core.is_closed() || core.select_can_send() {
                         return Poll::Ready(Some((idx, None)));
                     }
                 }
@@ -276,12 +353,16 @@ async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
         if has_default {
             return Poll::Ready(None);
         }
-        for (_, core, _) in &list {
+        for (p, (_, core, _)) in parked.iter_mut().zip(&list) {
+            if let Some(p) = p {
+                p.park();
+            }
             core.register(cx.waker());
         }
         Poll::Pending
     })
     .await;
+    drop(parked);
     let result = lua.create_table()?;
     match ready {
         None => {

@@ -95,6 +95,7 @@ impl ProcCtx {
     /// The same process continuing on new code (`process.upgrade`): pid, mailbox, queued
     /// messages and security context carry over; options, listeners and channels do not.
     pub fn upgraded(old: &Rc<ProcCtx>, code: Arc<CompiledCode>) -> Rc<ProcCtx> {
+        old.proc.set_entry(Arc::from(code.entry.to_string()));
         old.proc
             .upgradable
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -164,6 +165,7 @@ impl ProcCtx {
                 }
                 // Only processes that opted in hear about new code (§10.2).
                 Signal::Event(Event::Outdated { .. }) if !self.options.get().upgradable => {}
+                Signal::Event(Event::Outdated { sources }) => self.events.push_outdated(sources),
                 Signal::Event(ev) => self.events.push(Item::Event(ev)),
             }
         }

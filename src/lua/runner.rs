@@ -287,9 +287,11 @@ fn result_from_returns(values: MultiValue) -> ExitResult {
     let first = it.next().unwrap_or(mlua::Value::Nil);
     let second = it.next().unwrap_or(mlua::Value::Nil);
     match second {
-        mlua::Value::Nil | mlua::Value::Boolean(false) => {
-            ExitResult::Value(convert::from_lua(&first).unwrap_or(Value::Nil))
-        }
+        // A result nobody can receive (a function, a cycle) is a failure, not a silent nil.
+        mlua::Value::Nil | mlua::Value::Boolean(false) => match convert::from_lua(&first) {
+            Ok(v) => ExitResult::Value(v),
+            Err(e) => ExitResult::Error(format!("invalid return value: {}", e.message)),
+        },
         err => ExitResult::Error(value_message(&err)),
     }
 }

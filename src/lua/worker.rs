@@ -34,7 +34,9 @@ pub struct WorkerLua {
     /// yields up (the body every `AsyncThread` runs; see `coroutine::driver`).
     pub driver: Function,
     modules: RefCell<HashMap<String, Table>>,
-    imports: RefCell<HashMap<u64, Table>>,
+    /// Imported tables by entry, with the compile version they came from: a reload replaces
+    /// the entry's table instead of growing the map.
+    imports: RefCell<HashMap<crate::registry::kinds::EntryId, (u64, Table)>>,
 }
 
 thread_local! {
@@ -195,10 +197,13 @@ impl WorkerLua {
         Ok(env)
     }
 
-    /// The table an imported entry's chunk returns, run once per worker and code version.
+    /// The table an imported entry's chunk returns (read-only), run once per worker and code
+    /// version.
     pub fn import(&self, code: &crate::lua::compile::CompiledCode) -> mlua::Result<Table> {
-        if let Some(t) = self.imports.borrow().get(&code.version) {
-            return Ok(t.clone());
+        if let Some((version, t)) = self.imports.borrow().get(&code.entry) {
+            if *version == code.version {
+                return Ok(t.clone());
+            }
         }
         let table: Table = self
             .lua
@@ -207,9 +212,12 @@ impl WorkerLua {
             .set_name(format!("@{}", code.chunk_name))
             .set_environment(self.new_env()?)
             .call(())?;
+        // Every process on this worker gets this one table: read-only like module tables
+        // (§2.2), or a write by one process would be seen by the others.
+        let table = read_only(&self.lua, table)?;
         self.imports
             .borrow_mut()
-            .insert(code.version, table.clone());
+            .insert(code.entry.clone(), (code.version, table.clone()));
         Ok(table)
     }
 
@@ -286,4 +294,33 @@ fn preemption_hook(lua: &Lua, _debug: &mlua::Debug) -> mlua::Result<VmState> {
             "process keeps running without waiting; preempting it every {} ms", TIME_SLICE.as_millis());
     }
     Ok(VmState::Yield)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::kinds::{EntryId, LuaCode};
+
+    #[test]
+    fn imported_tables_are_shared_read_only() {
+        let w = WorkerLua::new().unwrap();
+        let code = crate::lua::compile::compile(
+            &EntryId::new("t", "lib"),
+            &LuaCode {
+                source: "return { tag = 'v1' }".into(),
+                chunk_name: "lib.lua".into(),
+                method: "run".into(),
+                modules: vec![],
+                imports: Default::default(),
+            },
+            false,
+        )
+        .unwrap();
+        let a = w.import(&code).unwrap();
+        let b = w.import(&code).unwrap();
+        assert_eq!(a, b, "one table per worker and version");
+        assert_eq!(a.get::<String>("tag").unwrap(), "v1");
+        assert!(a.set("tag", "changed").is_err(), "writes are refused");
+        assert_eq!(b.get::<String>("tag").unwrap(), "v1");
+    }
 }

@@ -12,12 +12,23 @@ const SHARDS: usize = 16;
 pub struct ProcessEntry {
     pub pid: Pid,
     pub mailbox: Arc<Mailbox>,
-    /// The registry entry that runs in this process (`app:ticker`), or a kind label.
-    pub entry: Arc<str>,
+    /// The registry entry that runs in this process (`app:ticker`), or a kind label; changes
+    /// when the process upgrades to another entry.
+    entry: Mutex<Arc<str>>,
     /// Mirrors the process's `upgradable` option, so hot reload can choose OUTDATED over a
     /// restart without asking the process.
     pub upgradable: std::sync::atomic::AtomicBool,
     relations: Mutex<Relations>,
+}
+
+impl ProcessEntry {
+    pub fn entry(&self) -> Arc<str> {
+        self.entry.lock().expect("entry lock").clone()
+    }
+
+    pub fn set_entry(&self, entry: Arc<str>) {
+        *self.entry.lock().expect("entry lock") = entry;
+    }
 }
 
 #[derive(Default)]
@@ -82,7 +93,7 @@ impl ProcessTable {
         let proc = Arc::new(ProcessEntry {
             pid: Pid::new(id, host),
             mailbox: Arc::new(mailbox),
-            entry,
+            entry: Mutex::new(entry),
             upgradable: std::sync::atomic::AtomicBool::new(false),
             relations: Mutex::new(Relations::default()),
         });
