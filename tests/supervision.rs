@@ -106,6 +106,28 @@ fn crashing_service_backs_off_exponentially_and_gives_up_after_max_attempts() {
         &format!("capped gaps {gaps:?} ms, want ~[100, 150] (max_delay caps 1000)"),
     );
     run.check(capped_line.contains("giving up"), "capped service gave up");
+
+    // Runs longer than stable_threshold reset the count: never given up, always 50 ms delays.
+    let stable = lines_with(&run, &["slow crash run"]);
+    run.check(
+        stable.len() >= 4,
+        &format!("stable-service ran {} times", stable.len()),
+    );
+    run.check(
+        lines_with(&run, &["giving up", "service=app:stable-service"]).is_empty(),
+        "stable-service was given up although each run passed stable_threshold",
+    );
+    let delays = lines_with(
+        &run,
+        &["restarting after backoff", "service=app:stable-service"],
+    );
+    run.check(
+        !delays.is_empty()
+            && delays
+                .iter()
+                .all(|l| l.contains("attempt=1 ") && l.contains("delay_ms=50")),
+        &format!("every restart is attempt 1 with the initial delay: {delays:?}"),
+    );
 }
 
 #[test]

@@ -559,3 +559,35 @@ impl UserData for Timer {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    #[test]
+    fn unbuffered_select_send_needs_a_waiting_receiver() {
+        let ch = ChanCore::new(Some(0));
+        assert!(!ch.select_can_send(), "nobody waiting");
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        let mut recv = Box::pin(ch.receive());
+        assert!(recv.as_mut().poll(&mut cx).is_pending());
+        assert!(ch.select_can_send(), "a receiver is parked");
+        ch.push(Item::Lua(mlua::Value::Integer(1)));
+        assert!(!ch.select_can_send(), "its value is already on the way");
+        assert!(matches!(
+            recv.as_mut().poll(&mut cx),
+            Poll::Ready(Some(Item::Lua(mlua::Value::Integer(1))))
+        ));
+        drop(recv);
+        assert!(!ch.select_can_send(), "the receiver is gone");
+        // A dropped, still-parked receiver is no longer counted either.
+        let mut gone = Box::pin(ch.receive());
+        assert!(gone.as_mut().poll(&mut cx).is_pending());
+        drop(gone);
+        assert!(!ch.select_can_send());
+        // Buffered channels are unaffected.
+        let buffered = ChanCore::new(Some(1));
+        assert!(buffered.select_can_send());
+    }
+}

@@ -18,7 +18,7 @@ local function resume(co, ...)
     while r[1] and r.n == 2 and r[2] == PENDING and status(co) == "suspended" do
         local sig = pack(yield(PENDING))
         if sig.n > 0 then
-            -- The task is being dropped (see DRIVER): end the inner wait, then stay suspended.
+            -- A terminate signal (see DRIVER): end the inner wait, then stay suspended.
             resume_raw(co, unpack(sig, 1, sig.n))
             while true do yield() end
         end
@@ -52,9 +52,11 @@ return {
 /// table constructor). Lua's `coroutine.resume` keeps a hook-suspended coroutine intact, so
 /// the hook only ever yields `co`, and the driver yields on its behalf from a C call.
 ///
-/// mlua resumes a dropped task once with a terminate signal (the only resume that passes
-/// values): it is handed to a waiting async call so that call's future is dropped, and a body
-/// suspended by preemption is never resumed again (it would run with no process installed).
+/// A dropped task must never run again (it would run with no process installed). mlua 0.11
+/// does not resume threads run through `into_async` when they are dropped, but a recycled
+/// thread is resumed once with a terminate signal (the only resume that passes values); should
+/// that happen, the signal is handed to a waiting async call so its future is dropped, and a
+/// body suspended by preemption is left alone.
 const DRIVER: &str = r#"
 local raw, PENDING = ...
 local resume, yield, status = raw.resume, raw.yield, raw.status
