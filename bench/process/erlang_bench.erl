@@ -3,18 +3,20 @@
 %%! +P 2000000
 %% The Erlang side of bench/process/run.sh: the same three measurements with the same
 %% protocol as bench/process/registry/main.lua, printed in the same line format.
-%%   escript erlang_bench.erl SPAWN_N PINGPONG_N BCAST_N BCAST_ROUNDS
+%%   escript erlang_bench.erl SPAWN_N PINGPONG_N BCAST_N BCAST_ROUNDS [spawn|pingpong|broadcast]
 -mode(compile).
 
 main(Args) ->
-    [SpawnN, PingN, BcastN, Rounds] =
+    {[SpawnN, PingN, BcastN, Rounds], Only} =
         case Args of
-            [] -> [100000, 200000, 10000, 10];
-            _ -> [list_to_integer(A) || A <- Args]
+            [] -> {[100000, 200000, 10000, 10], "all"};
+            [_, _, _, _] -> {[list_to_integer(A) || A <- Args], "all"};
+            [A1, A2, A3, A4, O] -> {[list_to_integer(A) || A <- [A1, A2, A3, A4]], O}
         end,
-    bench_spawn(SpawnN),
-    bench_pingpong(PingN),
-    bench_broadcast(BcastN, Rounds),
+    Run = fun(Name) -> Only =:= "all" orelse Only =:= Name end,
+    Run("spawn") andalso bench_spawn(SpawnN),
+    Run("pingpong") andalso bench_pingpong(PingN),
+    Run("broadcast") andalso bench_broadcast(BcastN, Rounds),
     io:format("bench done~n").
 
 now_s() -> erlang:monotonic_time(nanosecond) / 1.0e9.

@@ -2,13 +2,14 @@
 # The process-model benchmark of issue 2: spawn 100,000 idle processes (spawns/s and RSS per
 # idle process), ping-pong between two processes (round trips/s), and one process sending the
 # same 300-byte string to 10,000 processes (deliveries/s). Each measurement runs RUNS times
-# (default 3), each time in a fresh moonwire process, and the median is reported. When `erl`
+# (default 3), each measurement in a fresh moonwire process (and a fresh Erlang VM), so one
+# does not run amid the garbage of another, and the median is reported. When `erl`
 # is on PATH the same measurements run in Erlang (erlang_bench.erl) and the ratios are printed.
 #
 # Usage: bench/process/run.sh            (from anywhere; builds with `cargo build --release`)
 # Env:   RUNS=3  NO_BUILD=1  MOONWIRE_BIN=path  NO_ERLANG=1
 #        SPAWN_N=100000 PINGPONG_N=200000 BCAST_N=10000 BCAST_ROUNDS=10
-#        ONLY=spawn|pingpong|broadcast (run one measurement; for profiling)
+#        ONLY=spawn|pingpong|broadcast (run only that measurement)
 #
 # Everything it starts runs under this shell and is stopped on exit (also on Ctrl-C).
 set -euo pipefail
@@ -53,17 +54,15 @@ stop_child() {
     CHILD=""
 }
 
-# One run of the moonwire side; prints "spawn P", "pingpong P", "broadcast P", "mem BYTES".
+# One moonwire process measuring $2; prints "<name> PER_SEC" (and "mem BYTES" for spawn).
 run_moonwire() {
-    local dir="$TMP/moonwire-$1" log
+    local dir="$TMP/moonwire-$1-$2" log
     mkdir -p "$dir/bench/process"
     cp -r "$HERE/registry" "$dir/bench/process/registry"
     sed -i -e "s/spawn_n: [0-9]*/spawn_n: $SPAWN_N/" -e "s/pingpong_n: [0-9]*/pingpong_n: $PINGPONG_N/" \
         -e "s/bcast_n: [0-9]*/bcast_n: $BCAST_N/" -e "s/bcast_rounds: [0-9]*/bcast_rounds: $BCAST_ROUNDS/" \
         "$dir/bench/process/registry/_index.yaml"
-    if [[ -n "${ONLY:-}" ]]; then
-        sed -i "s/^\( *\)rss_pause_ms: \(.*\)/\1rss_pause_ms: \2\n\1only: $ONLY/" "$dir/bench/process/registry/_index.yaml"
-    fi
+    sed -i "s/^\( *\)rss_pause_ms: \(.*\)/\1rss_pause_ms: \2\n\1only: $2/" "$dir/bench/process/registry/_index.yaml"
     log="$dir/log"
     (cd "$dir" && MOONWIRE_LOG=info exec "$BIN" run --registry bench/process/registry --no-watch) 2>"$log" &
     CHILD=$!
@@ -86,10 +85,10 @@ run_moonwire() {
     if [[ -n "$before" && -n "$after" ]]; then echo "mem $(( (after - before) * 1024 / SPAWN_N ))"; fi
 }
 
-# One run of the Erlang side; same output lines.
+# One Erlang VM measuring $1; same output lines.
 run_erlang() {
     local out
-    out=$(cd "$TMP" && escript "$HERE/erlang_bench.erl" "$SPAWN_N" "$PINGPONG_N" "$BCAST_N" "$BCAST_ROUNDS")
+    out=$(cd "$TMP" && escript "$HERE/erlang_bench.erl" "$SPAWN_N" "$PINGPONG_N" "$BCAST_N" "$BCAST_ROUNDS" "$1")
     sed -n 's/.*bench result name=\([a-z]*\) .*per_sec=\([0-9]*\).*/\1 \2/p' <<<"$out"
     sed -n 's/.*bench rss before_kb=\([0-9]*\) after_kb=\([0-9]*\).*/\1 \2/p' <<<"$out" |
         while read -r b a; do echo "mem $(( (a - b) * 1024 / SPAWN_N ))"; done
@@ -104,13 +103,18 @@ HAVE_ERL=""
 if [[ -z "${NO_ERLANG:-}" ]] && command -v erl >/dev/null && command -v escript >/dev/null; then HAVE_ERL=1; fi
 
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+MEASURE=${ONLY:-spawn pingpong broadcast}
 for i in $(seq 1 "$RUNS"); do
-    out=$(run_moonwire "$i") || exit 1
-    while read -r k v; do MW[$k]+="$v "; done <<<"$out"
+    for m in $MEASURE; do
+        out=$(run_moonwire "$i" "$m") || exit 1
+        while read -r k v; do MW[$k]+="$v "; done <<<"$out"
+    done
     echo "moonwire run $i: spawn=$(last "${MW[spawn]:-}")/s mem=$(last "${MW[mem]:-}")B" \
         "pingpong=$(last "${MW[pingpong]:-}")/s broadcast=$(last "${MW[broadcast]:-}")/s"
     if [[ -n "$HAVE_ERL" ]]; then
-        while read -r k v; do ER[$k]+="$v "; done < <(run_erlang)
+        for m in $MEASURE; do
+            while read -r k v; do ER[$k]+="$v "; done < <(run_erlang "$m")
+        done
         echo "erlang   run $i: spawn=$(last "${ER[spawn]:-}")/s mem=$(last "${ER[mem]:-}")B" \
             "pingpong=$(last "${ER[pingpong]:-}")/s broadcast=$(last "${ER[broadcast]:-}")/s"
     fi
@@ -134,4 +138,4 @@ for row in "spawn|spawns/s|>= 300000" "mem|KB RSS per idle process|<= 4.00" \
     if [[ "$key" == "mem" ]]; then m=$(kb "$m"); e=$(kb "$e"); fi
     printf "%-36s %14s %14s %10s %12s\n" "$key ($label)" "$m" "$e" "$(ratio "$m" "$e")" "$target"
 done
-[[ -n "$HAVE_ERL" ]] || echo "(erl not on PATH: Erlang columns skipped; apt-get install erlang-base)"
+[[ -n "$HAVE_ERL" ]] || echo "(Erlang columns skipped: NO_ERLANG is set or erl is not on PATH; apt-get install erlang-base)"

@@ -28,11 +28,29 @@ struct State {
     /// Count of items taken, so an unbuffered sender knows its handoff happened.
     taken: u64,
     pushed: u64,
-    wakers: Vec<Waker>,
+    /// The first waiter has its own slot: a channel almost always has one (its process), and
+    /// waiting then allocates nothing.
+    waker: Option<Waker>,
+    more_wakers: Vec<Waker>,
     /// Receivers parked on this channel (`receive` or a select's receive case): an unbuffered
     /// channel's select send case is ready only when one is waiting for the value.
     receivers: usize,
 }
+
+impl State {
+    fn take_wakers(&mut self) -> (Option<Waker>, Vec<Waker>) {
+        let more = if self.more_wakers.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.more_wakers)
+        };
+        (self.waker.take(), more)
+    }
+}
+
+/// A buffer whose capacity is above this when it runs empty is freed, so an idle process
+/// does not keep the buffer of a past burst.
+const IDLE_KEEP: usize = 8;
 
 pub struct ChanCore {
     /// `None` = unbounded (mailbox-fed); `Some(0)` = rendezvous.
@@ -49,19 +67,41 @@ impl ChanCore {
     }
 
     fn wake_all(&self) {
-        let wakers = std::mem::take(&mut self.state.borrow_mut().wakers);
-        wakers.into_iter().for_each(Waker::wake);
+        self.wake_except(None);
+    }
+
+    /// Wakes every waiter but `current` (the task polling now, which looks at the channel
+    /// again before it can wait): waking it would only cost it a spurious extra poll.
+    fn wake_except(&self, current: Option<&Waker>) {
+        let (first, more) = self.state.borrow_mut().take_wakers();
+        for w in first.into_iter().chain(more) {
+            if !current.is_some_and(|c| c.will_wake(&w)) {
+                w.wake();
+            }
+        }
     }
 
     fn register(&self, waker: &Waker) {
         let mut st = self.state.borrow_mut();
-        if !st.wakers.iter().any(|w| w.will_wake(waker)) {
-            st.wakers.push(waker.clone());
+        match &st.waker {
+            None => st.waker = Some(waker.clone()),
+            Some(w) if w.will_wake(waker) => {}
+            Some(_) => {
+                if !st.more_wakers.iter().any(|w| w.will_wake(waker)) {
+                    st.more_wakers.push(waker.clone());
+                }
+            }
         }
     }
 
     /// Unconditional push (mailbox pump, timers). Returns the item back if closed.
     pub fn push(&self, item: Item) {
+        self.push_from(item, None);
+    }
+
+    /// `push` by the task `current` itself (the mailbox pump, which runs right before that task
+    /// polls its coroutine): other waiters are woken, `current` is not.
+    pub fn push_from(&self, item: Item, current: Option<&Waker>) {
         {
             let mut st = self.state.borrow_mut();
             if st.closed {
@@ -70,7 +110,7 @@ impl ChanCore {
             st.buf.push_back(item);
             st.pushed += 1;
         }
-        self.wake_all();
+        self.wake_except(current);
     }
 
     /// Folds an OUTDATED event into one still undelivered (union, no duplicates), or queues
@@ -133,6 +173,9 @@ impl ChanCore {
         match st.buf.pop_front() {
             Some(item) => {
                 st.taken += 1;
+                if st.buf.is_empty() && st.buf.capacity() > IDLE_KEEP {
+                    st.buf = VecDeque::new();
+                }
                 drop(st);
                 self.wake_all();
                 Some(Some(item))

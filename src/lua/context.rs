@@ -11,6 +11,7 @@ use crate::registry::kinds::EntryId;
 use crate::runtime::Node;
 use crate::security::SecurityContext;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,8 +35,9 @@ pub struct ProcCtx {
     pub proc: Arc<ProcessEntry>,
     pub code: Arc<CompiledCode>,
     pub security: RefCell<Arc<SecurityContext>>,
-    pub inbox: Rc<ChanCore>,
-    pub events: Rc<ChanCore>,
+    /// Created on first use (see `inbox()` / `events()`): many processes never get an event.
+    inbox: std::cell::OnceCell<Rc<ChanCore>>,
+    events: std::cell::OnceCell<Rc<ChanCore>>,
     pub inbox_ud: RefCell<Option<mlua::AnyUserData>>,
     pub events_ud: RefCell<Option<mlua::AnyUserData>>,
     pub listeners: RefCell<Vec<Listener>>,
@@ -73,8 +75,8 @@ impl ProcCtx {
             proc,
             code,
             security: RefCell::new(security),
-            inbox: ChanCore::new(None),
-            events: ChanCore::new(None),
+            inbox: std::cell::OnceCell::new(),
+            events: std::cell::OnceCell::new(),
             inbox_ud: RefCell::new(None),
             events_ud: RefCell::new(None),
             listeners: RefCell::new(Vec::new()),
@@ -123,6 +125,16 @@ impl ProcCtx {
         })
     }
 
+    /// The channel the mailbox pump fills with messages no listener takes.
+    pub fn inbox(&self) -> &Rc<ChanCore> {
+        self.inbox.get_or_init(|| ChanCore::new(None))
+    }
+
+    /// The channel the mailbox pump fills with events (EXIT, LINK_DOWN, CANCEL ...).
+    pub fn events(&self) -> &Rc<ChanCore> {
+        self.events.get_or_init(|| ChanCore::new(None))
+    }
+
     pub fn pid(&self) -> &Pid {
         &self.proc.pid
     }
@@ -147,49 +159,74 @@ impl ProcCtx {
     /// Moves everything from the mailbox into the process's channels. A link failure kills the
     /// process unless it traps links.
     pub fn pump(&self) {
-        if let Some(reason) = self.proc.mailbox.kill_reason() {
-            self.kill.borrow_mut().get_or_insert(reason);
+        self.pump_for(None);
+    }
+
+    /// `pump` run by the task `current` right before it polls the process's coroutine: the
+    /// whole mailbox moves over under one lock, and `current` is not woken for what it is
+    /// about to see anyway.
+    pub fn pump_for(&self, current: Option<&std::task::Waker>) {
+        thread_local! {
+            static SCRATCH: RefCell<VecDeque<Signal>> = const { RefCell::new(VecDeque::new()) };
         }
-        while let Some(signal) = self.proc.mailbox.pop() {
-            match signal {
-                Signal::Message(msg) => self.route(msg),
-                Signal::Event(Event::LinkDown { from, error }) => {
-                    if self.options.get().trap_links {
-                        self.events
-                            .push(Item::Event(Event::LinkDown { from, error }));
-                    } else {
-                        self.kill
-                            .borrow_mut()
-                            .get_or_insert_with(|| "linked process failed".to_string());
-                    }
-                }
-                // Only processes that opted in hear about new code (§10.2).
-                Signal::Event(Event::Outdated { .. }) if !self.options.get().upgradable => {}
-                Signal::Event(Event::Outdated { sources }) => self.events.push_outdated(sources),
-                Signal::Event(ev) => self.events.push(Item::Event(ev)),
+        SCRATCH.with(|scratch| {
+            // A nested pump (not expected) falls back to a fresh buffer.
+            let mut own = VecDeque::new();
+            let mut borrowed = scratch.try_borrow_mut();
+            let batch = match borrowed.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut own,
+            };
+            // Never hand one process's leftovers (after a panic mid-delivery) to another.
+            batch.clear();
+            if let Some(reason) = self.proc.mailbox.take_all(batch) {
+                self.kill.borrow_mut().get_or_insert(reason);
             }
+            while let Some(signal) = batch.pop_front() {
+                self.deliver(signal, current);
+            }
+        });
+    }
+
+    fn deliver(&self, signal: Signal, current: Option<&std::task::Waker>) {
+        match signal {
+            Signal::Message(msg) => self.route(msg, current),
+            Signal::Event(Event::LinkDown { from, error }) => {
+                if self.options.get().trap_links {
+                    self.events()
+                        .push_from(Item::Event(Event::LinkDown { from, error }), current);
+                } else {
+                    self.kill
+                        .borrow_mut()
+                        .get_or_insert_with(|| "linked process failed".to_string());
+                }
+            }
+            // Only processes that opted in hear about new code (§10.2).
+            Signal::Event(Event::Outdated { .. }) if !self.options.get().upgradable => {}
+            Signal::Event(Event::Outdated { sources }) => self.events().push_outdated(sources),
+            Signal::Event(ev) => self.events().push_from(Item::Event(ev), current),
         }
     }
 
-    fn route(&self, msg: crate::process::pid::Message) {
+    fn route(&self, msg: crate::process::pid::Message, current: Option<&std::task::Waker>) {
         let listeners = self.listeners.borrow();
         for l in listeners.iter() {
             if topic_matches(&l.pattern, &msg.topic) {
                 if l.as_message {
-                    l.core.push(Item::Message(msg));
+                    l.core.push_from(Item::Message(msg), current);
                 } else {
                     let v = msg
                         .payloads
                         .into_iter()
                         .next()
                         .unwrap_or(crate::process::value::Value::Nil);
-                    l.core.push(Item::Value(v));
+                    l.core.push_from(Item::Value(v), current);
                 }
                 return;
             }
         }
         drop(listeners);
-        self.inbox.push(Item::Message(msg));
+        self.inbox().push_from(Item::Message(msg), current);
     }
 
     pub fn exit_result_event(from: Pid, result: ExitResult) -> Event {

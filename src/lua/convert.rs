@@ -8,6 +8,57 @@ use std::sync::Arc;
 
 const MAX_DEPTH: usize = 128;
 
+/// Strings at least this long are shared: the last one copied out of Lua is reused when the
+/// same string is sent again (a broadcast copies it once), and the last one made into a Lua
+/// string is reused by the next receiver on the worker. Shorter strings are cheaper to copy.
+const SHARE_MIN: usize = 64;
+
+thread_local! {
+    /// (address of the Lua string, its bytes). The address only picks the candidate; the
+    /// content is compared too, since a collected string's address can be reused.
+    static LAST_SENT: std::cell::RefCell<Option<(usize, Bytes)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Per Lua state (app data): the `Bytes` last turned into a Lua string, and that string.
+/// Holding the `Bytes` keeps its buffer alive, so a pointer match means the same bytes.
+struct LastReceived(Bytes, mlua::String);
+
+/// A Lua string's bytes as an owned `Bytes` (copy-once for a repeated long string).
+fn string_bytes(s: &mlua::String) -> Bytes {
+    let b = s.as_bytes();
+    if b.len() < SHARE_MIN {
+        return Bytes::copy_from_slice(&b);
+    }
+    let addr = s.to_pointer() as usize;
+    LAST_SENT.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((a, bytes)) = c.as_ref() {
+            if *a == addr && bytes[..] == b[..] {
+                return bytes.clone();
+            }
+        }
+        let bytes = Bytes::copy_from_slice(&b);
+        *c = Some((addr, bytes.clone()));
+        bytes
+    })
+}
+
+/// `Bytes` as a Lua string; the same long buffer delivered to many processes of a worker
+/// becomes one Lua string (strings are immutable values, so sharing one is invisible).
+fn lua_string(lua: &Lua, b: &Bytes) -> mlua::Result<mlua::String> {
+    if b.len() < SHARE_MIN {
+        return lua.create_string(b);
+    }
+    if let Some(last) = lua.app_data_ref::<LastReceived>() {
+        if last.0.as_ptr() == b.as_ptr() && last.0.len() == b.len() {
+            return Ok(last.1.clone());
+        }
+    }
+    let s = lua.create_string(b)?;
+    lua.set_app_data(LastReceived(b.clone(), s.clone()));
+    Ok(s)
+}
+
 /// Lua → owned. Functions, threads, channels and other userdata are `INVALID`, as are cycles.
 pub fn from_lua(v: &mlua::Value) -> Result<Value, ErrorValue> {
     let mut stack = Vec::new();
@@ -20,7 +71,7 @@ fn copy_in(v: &mlua::Value, stack: &mut Vec<*const std::ffi::c_void>) -> Result<
         mlua::Value::Boolean(b) => Value::Bool(*b),
         mlua::Value::Integer(i) => Value::Int(*i),
         mlua::Value::Number(n) => Value::Float(*n),
-        mlua::Value::String(s) => Value::Str(Bytes::copy_from_slice(&s.as_bytes())),
+        mlua::Value::String(s) => Value::Str(string_bytes(s)),
         mlua::Value::Table(t) => {
             let ptr = t.to_pointer();
             if stack.contains(&ptr) {
@@ -83,7 +134,7 @@ pub fn to_lua(lua: &Lua, v: &Value) -> mlua::Result<mlua::Value> {
         Value::Bool(b) => mlua::Value::Boolean(*b),
         Value::Int(i) => mlua::Value::Integer(*i),
         Value::Float(f) => mlua::Value::Number(*f),
-        Value::Str(b) => mlua::Value::String(lua.create_string(b)?),
+        Value::Str(b) => mlua::Value::String(lua_string(lua, b)?),
         Value::Table(t) => {
             let table = lua.create_table_with_capacity(t.array.len(), t.map.len())?;
             for (i, item) in t.array.iter().enumerate() {

@@ -12,7 +12,7 @@ use crate::process::value::{ErrorKind, ErrorValue, Value};
 use crate::registry::kinds::EntryId;
 use crate::runtime::Node;
 use crate::security::SecurityContext;
-use mlua::{AsyncThread, ChunkMode, MultiValue};
+use mlua::{ChunkMode, MultiValue};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -47,10 +47,8 @@ pub fn spawn_process(
             format!("process host {host} is not running"),
         ));
     }
-    let proc = node.procs.register(
-        Arc::from(host.to_string()),
-        Arc::from(code.entry.to_string()),
-    );
+    let (host_label, entry_label) = labels(host, &code);
+    let proc = node.procs.register(host_label, entry_label);
     let pid = proc.pid.clone();
     if let Some(name) = &opts.name {
         if let Err(e) = node.procs.register_name(name, &pid) {
@@ -69,11 +67,44 @@ pub fn spawn_process(
     }
     let node2 = node.clone();
     let on_exit = opts.on_exit;
-    node.scheduler.submit(Box::new(move || {
+    let start = move || {
         let ctx = ProcCtx::new(node2, proc, code, security, None);
         tokio::task::spawn_local(run(ctx, args, on_exit));
-    }));
+    };
+    // Spawned from a worker: start right here (what `submit` does too), without boxing a job.
+    if crate::process::scheduler::Scheduler::current_worker().is_some() {
+        start();
+    } else {
+        node.scheduler.submit(Box::new(start));
+    }
     Ok(pid)
+}
+
+/// The host and entry labels of a new process, shared between the processes a worker spawns
+/// from the same entry instead of formatted and allocated for each.
+fn labels(host: &EntryId, code: &CompiledCode) -> (Arc<str>, Arc<str>) {
+    type Cached = Option<(EntryId, Arc<str>, u64, Arc<str>)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &mut *last {
+            Some((h, hl, v, el)) if h == host => {
+                if *v != code.version {
+                    *v = code.version;
+                    *el = Arc::from(code.entry.to_string());
+                }
+                (hl.clone(), el.clone())
+            }
+            _ => {
+                let hl: Arc<str> = Arc::from(host.to_string());
+                let el: Arc<str> = Arc::from(code.entry.to_string());
+                *last = Some((host.clone(), hl.clone(), code.version, el.clone()));
+                (hl, el)
+            }
+        }
+    })
 }
 
 async fn run(
@@ -165,53 +196,89 @@ fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
     let w = worker_lua();
     let lua = &w.lua;
     let env = w.new_env()?;
-    let chunk = lua
-        .load(&ctx.code.bytecode[..])
-        .set_mode(ChunkMode::Binary)
-        .set_name(format!("@{}", ctx.code.chunk_name))
-        .set_environment(env.clone())
-        .into_function()?;
-    let body = lua.create_thread(w.bootstrap.clone())?;
-    let mut call_args = MultiValue::new();
+    let (body, chunk, method) = match w.factory(&ctx.node, &ctx.code) {
+        Some(f) => (
+            lua.create_thread(w.bootstrap_env.clone())?,
+            f.function,
+            f.method,
+        ),
+        None => {
+            let chunk = lua
+                .load(&ctx.code.bytecode[..])
+                .set_mode(ChunkMode::Binary)
+                .set_name(format!("@{}", ctx.code.chunk_name))
+                .set_environment(env.clone())
+                .into_function()?;
+            (
+                lua.create_thread(w.bootstrap.clone())?,
+                chunk,
+                lua.create_string(&ctx.code.method)?,
+            )
+        }
+    };
+    let mut call_args = MultiValue::with_capacity(3 + args.len());
     call_args.push_back(mlua::Value::Function(chunk));
     call_args.push_back(mlua::Value::Table(env));
-    call_args.push_back(mlua::Value::String(lua.create_string(&ctx.code.method)?));
+    call_args.push_back(mlua::Value::String(method));
     for a in &args {
         call_args.push_back(convert::to_lua(lua, a)?);
     }
-    LuaTask::driven(&w, body, call_args)
+    Ok(LuaTask::driven(body, call_args))
 }
 
-/// A process coroutine as a future: `AsyncThread` runs the driver, the driver resumes `body`
-/// (where the script runs and the preemption hook may yield).
+/// A process coroutine (or a `coroutine.spawn` function) run one step per poll through the
+/// worker's `step` (see `worker::STEP`): Lua's own `coroutine.resume` drives it, so the
+/// preemption hook may yield it safely, and no driver coroutine is kept per process.
 pub struct LuaTask {
-    fut: AsyncThread<MultiValue>,
-    /// The body coroutine: the one the preemption hook may yield.
+    /// The coroutine the script runs in: the one the preemption hook may yield.
+    body: mlua::Thread,
     ptr: *const std::ffi::c_void,
+    /// Arguments of the first resume.
+    args: Option<MultiValue>,
+    /// Whether `body` is suspended in an async call (dropping the task then ends that call).
+    waiting: bool,
     /// After a preemption: a `yield_now` to finish before the body runs again.
     yielding: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
 impl LuaTask {
-    /// `body` resumed by the driver with `args` on its first resume.
-    fn driven(
-        w: &crate::lua::worker::WorkerLua,
-        body: mlua::Thread,
-        mut args: MultiValue,
-    ) -> mlua::Result<LuaTask> {
-        let ptr = body.to_pointer();
-        args.push_front(mlua::Value::Thread(body));
-        let outer = w.lua.create_thread(w.driver.clone())?;
-        Ok(LuaTask {
-            fut: outer.into_async(args)?,
-            ptr,
+    /// `body` run with `args` on its first resume.
+    fn driven(body: mlua::Thread, args: MultiValue) -> LuaTask {
+        LuaTask {
+            ptr: body.to_pointer(),
+            body,
+            args: Some(args),
+            waiting: false,
             yielding: None,
-        })
+        }
     }
 
     /// An existing coroutine run as a task (for `coroutine.spawn`).
     pub fn of_thread(thread: mlua::Thread) -> mlua::Result<LuaTask> {
-        LuaTask::driven(&worker_lua(), thread, MultiValue::new())
+        Ok(LuaTask::driven(thread, MultiValue::new()))
+    }
+}
+
+impl Drop for LuaTask {
+    fn drop(&mut self) {
+        // As mlua does for a dropped async thread: end the pending call now (its future may
+        // hold a timer, a socket or a pool slot), and never run the body again.
+        if self.waiting {
+            if let Some(w) = crate::lua::worker::try_worker_lua() {
+                w.terminate_wait(&self.body);
+            }
+        }
+    }
+}
+
+/// A step's failure value as an error (what raising it out of the driver used to give).
+fn step_error(v: mlua::Value) -> mlua::Error {
+    match v {
+        mlua::Value::Error(e) => *e,
+        mlua::Value::String(s) => mlua::Error::RuntimeError(s.to_string_lossy()),
+        other => {
+            mlua::Error::RuntimeError(other.to_string().unwrap_or_else(|_| format!("{other:?}")))
+        }
     }
 }
 
@@ -236,18 +303,32 @@ impl Future for ProcTask {
             this.thread.yielding = None;
         }
         let ctx = this.ctx.clone();
-        ctx.pump();
+        ctx.pump_for(Some(cx.waker()));
         if let Some(reason) = ctx.kill.borrow().clone() {
             return Poll::Ready(Err(mlua::Error::runtime(reason)));
         }
-        let fut = &mut this.thread.fut;
-        let ptr = this.thread.ptr;
+        let task = &mut this.thread;
         let polled = context::enter(&ctx, || {
             ctx.slice_start.set(std::time::Instant::now());
-            ctx.running_thread.set(ptr);
+            ctx.running_thread.set(task.ptr);
             ctx.preempted.set(false);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Pin::new(&mut *fut).poll(cx)
+                task.waiting = false;
+                let w = worker_lua();
+                match w.run_step(&task.body, task.args.take(), cx) {
+                    Ok((0, _, _)) => {
+                        task.waiting = true;
+                        Poll::Pending
+                    }
+                    Ok((1, _, _)) => {
+                        // Preempted (or a bare `coroutine.yield()`): run again soon.
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Ok((2, a, b)) => Poll::Ready(Ok(MultiValue::from_iter([a, b]))),
+                    Ok((_, err, _)) => Poll::Ready(Err(step_error(err))),
+                    Err(e) => Poll::Ready(Err(e)),
+                }
             }))
         });
         match polled {

@@ -15,10 +15,10 @@ pub const TIME_SLICE: Duration = Duration::from_millis(5);
 /// such as a `table.sort` comparator, or in a script's own coroutine) before it is stopped
 /// with an error. Bounds how long such a loop can hold its worker.
 ///
-/// Yielding from the hook is safe because every process body runs in an inner coroutine that
-/// Lua's own `coroutine.resume` drives (see `coroutine::driver`): mlua's `AsyncThread::poll`
-/// resets the stack top of the coroutine it resumes, which would drop the live registers of a
-/// frame suspended by a hook, but it only ever sees the driver, never the hooked coroutine.
+/// Yielding from the hook is safe because every process body is resumed by Lua's own
+/// `coroutine.resume` (see `STEP`): mlua's `AsyncThread::poll` resets the stack top of the
+/// coroutine it resumes, which would drop the live registers of a frame suspended by a hook,
+/// but it only ever sees the step, never the hooked coroutine.
 pub const RUN_BUDGET: Duration = Duration::from_millis(500);
 /// A process preempted continuously for this long is logged once as a runaway.
 pub const RUNAWAY_WARN_AFTER: Duration = Duration::from_millis(500);
@@ -30,17 +30,101 @@ pub struct WorkerLua {
     pub env_meta: Table,
     /// Thread body `function(chunk, env, method, ...)`: runs the chunk, finds `method`, calls it.
     pub bootstrap: Function,
-    /// `function(co, ...)`: resumes `co` until it ends, passing scheduler waits and preemption
-    /// yields up (the body every `AsyncThread` runs; see `coroutine::driver`).
-    pub driver: Function,
+    /// The same for a chunk factory (see `Factory`): `function(factory, env, method, ...)`.
+    pub bootstrap_env: Function,
+    /// `function(co, ...)`: resumes `co` once and says how it stopped (see `STEP`).
+    step: Function,
+    /// Lua's raw `coroutine.resume` (ends a wait on drop, see `terminate_wait`).
+    raw_resume: Function,
+    /// mlua's signal that ends a pending async call (see `capture_terminate`).
+    terminate: mlua::Value,
     modules: RefCell<HashMap<String, Table>>,
     /// Imported tables by entry, with the compile version they came from: a reload replaces
     /// the entry's table instead of growing the map.
     imports: RefCell<HashMap<crate::registry::kinds::EntryId, (u64, Table)>>,
+    /// Chunk factories by code version (`None`: the source was not usable; load bytecode).
+    factories: RefCell<HashMap<u64, Option<Factory>>>,
+}
+/// An entry's source compiled once per worker as `function(_ENV, ...) <source> end`.
+///
+/// Why: instantiating a process from bytecode re-reads the whole chunk (prototypes, constants,
+/// debug info: the largest part of a spawn). Calling the factory with a fresh `_ENV` runs the
+/// same chunk body with its own chunk-level locals, so processes still share nothing, while
+/// the prototypes are shared. Line numbers are unchanged: the prefix sits on line 1.
+#[derive(Clone)]
+pub struct Factory {
+    entry: crate::registry::kinds::EntryId,
+    pub function: Function,
+    /// The entry's method name as a Lua string, made once.
+    pub method: mlua::String,
 }
 
 thread_local! {
     static WORKER: RefCell<Option<Rc<WorkerLua>>> = const { RefCell::new(None) };
+}
+
+/// One resume of a process coroutine, returning how it stopped: `0` waiting in an async call
+/// (its waker is registered), `1` preempted by the hook or a bare `coroutine.yield()` (run
+/// again), `2, a, b` finished with results `a, b` (all that is used of them), `3, err` failed.
+///
+/// Why: mlua's `AsyncThread::poll` resets the stack top of the thread it resumes, which would
+/// drop the live registers of a frame the preemption hook suspended; Lua's own
+/// `coroutine.resume` keeps them. Running this step on a short-lived thread per poll (see
+/// `WorkerLua::run_step`) instead of a driver coroutine per process saves that coroutine's
+/// memory (~0.8 KB of every idle process) and allocates no tables per resume.
+const STEP: &str = r##"
+local coroutine, PENDING = ...
+local resume, status, select = coroutine.resume, coroutine.status, select
+local function stopped(co, ok, a, ...)
+    if not ok then return 3, a end
+    if status(co) == "dead" then return 2, a, (...) end
+    if a == PENDING and select("#", ...) == 0 then return 0 end
+    return 1
+end
+return function(co, ...)
+    return stopped(co, resume(co, ...))
+end
+"##;
+
+/// mlua's terminate signal: the value it resumes a dropped async thread with, so a pending
+/// async call drops its future. Only mlua can produce it, so it is caught once here, from a
+/// thread dropped while it waits; `LuaTask`'s drop hands it to a waiting process coroutine.
+fn capture_terminate(lua: &Lua) -> mlua::Result<mlua::Value> {
+    let caught = Rc::new(RefCell::new(mlua::Value::Nil));
+    let sink = caught.clone();
+    let stash = lua.create_function(move |_, v: mlua::Value| {
+        *sink.borrow_mut() = v;
+        Ok(())
+    })?;
+    let catcher: Function = lua
+        .load("local stash, yield = ... return function() stash(yield()) end")
+        .call((
+            stash,
+            lua.globals()
+                .raw_get::<Table>("coroutine")?
+                .raw_get::<Function>("yield")?,
+        ))?;
+    let mut fut = Box::pin(catcher.call_async::<()>(()));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if std::future::Future::poll(fut.as_mut(), &mut cx).is_ready() {
+        return Err(mlua::Error::runtime(
+            "terminate signal: catcher did not wait",
+        ));
+    }
+    drop(fut);
+    let v = caught.borrow().clone();
+    if v.is_nil() {
+        return Err(mlua::Error::runtime("terminate signal not caught"));
+    }
+    Ok(v)
+}
+
+/// This thread's Lua state, if it has one and it is not being torn down.
+pub fn try_worker_lua() -> Option<Rc<WorkerLua>> {
+    WORKER
+        .try_with(|w| w.try_borrow().ok().and_then(|w| w.clone()))
+        .ok()
+        .flatten()
 }
 
 /// This thread's Lua state, created on first use.
@@ -133,18 +217,22 @@ impl WorkerLua {
         crate::lua::errors::register(&lua, &base)?;
         crate::lua::channel::register(&lua, &base)?;
         crate::lua::coroutine::register(&lua, &base)?;
-        let driver = crate::lua::coroutine::driver(&lua)?;
+        let raw_coroutine: Table = g.raw_get("coroutine")?;
+        let step: Function = lua.load(STEP).set_name("=step").call((
+            raw_coroutine.clone(),
+            mlua::Value::LightUserData(Lua::poll_pending()),
+        ))?;
+        let raw_resume: Function = raw_coroutine.raw_get("resume")?;
+        let terminate = capture_terminate(&lua)?;
         crate::lua::modules::process::register(&lua, &base)?;
 
         let env_meta = lua.create_table()?;
         env_meta.raw_set("__index", base)?;
         env_meta.raw_set("__metatable", false)?;
 
-        let bootstrap: Function = lua
-            .load(
-                r#"
+        let bootstrap_src = r#"
                 return function(chunk, env, method, ...)
-                    local mod = chunk()
+                    local mod = chunk(ARGS)
                     local f
                     if type(mod) == "table" then f = mod[method] end
                     if f == nil then f = rawget(env, method) end
@@ -153,8 +241,13 @@ impl WorkerLua {
                     end
                     return f(...)
                 end
-                "#,
-            )
+                "#;
+        let bootstrap: Function = lua
+            .load(bootstrap_src.replace("ARGS", ""))
+            .set_name("=bootstrap")
+            .eval()?;
+        let bootstrap_env: Function = lua
+            .load(bootstrap_src.replace("ARGS", "env"))
             .set_name("=bootstrap")
             .eval()?;
 
@@ -183,18 +276,104 @@ impl WorkerLua {
             lua,
             env_meta,
             bootstrap,
-            driver,
+            bootstrap_env,
+            step,
+            raw_resume,
+            terminate,
             modules: RefCell::new(HashMap::new()),
             imports: RefCell::new(HashMap::new()),
+            factories: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Resumes `co` once through `step` (with `args` on its first resume) and polls that to
+    /// completion; returns `(code, a, b)` as `STEP` describes.
+    pub fn run_step(
+        &self,
+        co: &mlua::Thread,
+        args: Option<mlua::MultiValue>,
+        cx: &mut std::task::Context<'_>,
+    ) -> mlua::Result<(i64, mlua::Value, mlua::Value)> {
+        // A fresh thread per step. Reusing one (a finished thread reset, as mlua's thread pool
+        // does, or one stepper coroutine suspended between steps) was measured to make the
+        // incremental GC fall behind here: collectable garbage grew by ~300 bytes per message.
+        let runner = self.lua.create_thread(self.step.clone())?;
+        let mut fut = match args {
+            Some(mut a) => {
+                a.push_front(mlua::Value::Thread(co.clone()));
+                runner.into_async::<(i64, mlua::Value, mlua::Value)>(a)?
+            }
+            None => runner.into_async::<(i64, mlua::Value, mlua::Value)>(co.clone())?,
+        };
+        match std::future::Future::poll(std::pin::Pin::new(&mut fut), cx) {
+            std::task::Poll::Ready(r) => r,
+            // Only `co` can wait or be preempted; the step itself never yields.
+            std::task::Poll::Pending => Err(mlua::Error::runtime("process step did not finish")),
+        }
+    }
+
+    /// Ends the async call `co` is waiting in (its future is dropped now rather than when the
+    /// coroutine is collected); `co` stays suspended and never runs again.
+    pub fn terminate_wait(&self, co: &mlua::Thread) {
+        let _ = self
+            .raw_resume
+            .call::<mlua::MultiValue>((co.clone(), self.terminate.clone()));
     }
 
     /// A fresh `_ENV` for one process or call.
     pub fn new_env(&self) -> mlua::Result<Table> {
-        let env = self.lua.create_table()?;
+        // Sized for `_G` up front, which skips a rehash per process.
+        let env = self.lua.create_table_with_capacity(0, 1)?;
         env.set_metatable(Some(self.env_meta.clone()))?;
         env.raw_set("_G", env.clone())?;
         Ok(env)
+    }
+
+    /// The chunk factory of `code` (see `Factory`), compiled on first use; `None` when the
+    /// registry no longer holds the source of exactly this code version, or it does not
+    /// compile wrapped (then the caller loads the bytecode as before).
+    pub fn factory(
+        &self,
+        node: &crate::runtime::Node,
+        code: &crate::lua::compile::CompiledCode,
+    ) -> Option<Factory> {
+        if let Some(f) = self.factories.borrow().get(&code.version) {
+            return f.clone();
+        }
+        let built = self.build_factory(node, code);
+        let mut factories = self.factories.borrow_mut();
+        // Older versions of the same entry are not spawned again after a reload.
+        factories.retain(|_, f| f.as_ref().is_none_or(|f| f.entry != code.entry));
+        factories.insert(code.version, built.clone());
+        built
+    }
+
+    fn build_factory(
+        &self,
+        node: &crate::runtime::Node,
+        code: &crate::lua::compile::CompiledCode,
+    ) -> Option<Factory> {
+        use crate::registry::kinds::EntryKind;
+        let snapshot = node.snapshot();
+        if snapshot.code.get(&code.entry).map(|c| c.version) != Some(code.version) {
+            return None;
+        }
+        let source = match &snapshot.registry.get(&code.entry)?.kind {
+            EntryKind::LuaProcess(c) | EntryKind::LuaFunction(c) => &c.source,
+            _ => return None,
+        };
+        let wrapped = format!("return function(_ENV, ...) {source}\nend");
+        let function = self
+            .lua
+            .load(wrapped)
+            .set_name(format!("@{}", code.chunk_name))
+            .eval::<Function>()
+            .ok()?;
+        Some(Factory {
+            entry: code.entry.clone(),
+            function,
+            method: self.lua.create_string(&code.method).ok()?,
+        })
     }
 
     /// The table an imported entry's chunk returns (read-only), run once per worker and code

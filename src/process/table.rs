@@ -4,24 +4,74 @@
 use crate::process::mailbox::Mailbox;
 use crate::process::pid::{Event, ExitResult, Message, Pid, Signal};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 16;
 
+/// Hashes the never-reused sequential ids: SipHash is needless work on the send path, and a
+/// multiplicative hash spreads sequential ids perfectly.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Shard = Mutex<HashMap<u64, Arc<ProcessEntry>, BuildHasherDefault<IdHasher>>>;
+
 pub struct ProcessEntry {
     pub pid: Pid,
-    pub mailbox: Arc<Mailbox>,
+    /// Inline rather than its own `Arc`: one allocation less per process.
+    pub mailbox: Mailbox,
     /// The registry entry that runs in this process (`app:ticker`), or a kind label; changes
     /// when the process upgrades to another entry.
     entry: Mutex<Arc<str>>,
     /// Mirrors the process's `upgradable` option, so hot reload can choose OUTDATED over a
     /// restart without asking the process.
     pub upgradable: std::sync::atomic::AtomicBool,
-    relations: Mutex<Relations>,
+    /// Allocated on the first monitor, link or name: most processes never have one.
+    relations: Mutex<Option<Box<Relations>>>,
 }
 
+/// The relations of a process, created on first write.
+struct RelationsGuard<'a>(MutexGuard<'a, Option<Box<Relations>>>);
+
+impl std::ops::Deref for RelationsGuard<'_> {
+    type Target = Relations;
+    fn deref(&self) -> &Relations {
+        self.0.as_deref().unwrap_or(&EMPTY_RELATIONS)
+    }
+}
+
+impl std::ops::DerefMut for RelationsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Relations {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+static EMPTY_RELATIONS: Relations = Relations {
+    monitors: Vec::new(),
+    links: Vec::new(),
+    names: Vec::new(),
+};
+
 impl ProcessEntry {
+    fn relations(&self) -> RelationsGuard<'_> {
+        RelationsGuard(self.relations.lock().expect("relations lock"))
+    }
+
     pub fn entry(&self) -> Arc<str> {
         self.entry.lock().expect("entry lock").clone()
     }
@@ -56,7 +106,7 @@ pub struct ProcessStats {
 }
 
 pub struct ProcessTable {
-    shards: Vec<Mutex<HashMap<u64, Arc<ProcessEntry>>>>,
+    shards: Vec<Shard>,
     names: Mutex<HashMap<String, Pid>>,
     next_id: AtomicU64,
     pub stats: ProcessStats,
@@ -65,7 +115,9 @@ pub struct ProcessTable {
 impl Default for ProcessTable {
     fn default() -> Self {
         ProcessTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             names: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stats: ProcessStats::default(),
@@ -74,7 +126,7 @@ impl Default for ProcessTable {
 }
 
 impl ProcessTable {
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<ProcessEntry>>> {
+    fn shard(&self, id: u64) -> &Shard {
         &self.shards[(id as usize) % SHARDS]
     }
 
@@ -92,10 +144,10 @@ impl ProcessTable {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let proc = Arc::new(ProcessEntry {
             pid: Pid::new(id, host),
-            mailbox: Arc::new(mailbox),
+            mailbox,
             entry: Mutex::new(entry),
             upgradable: std::sync::atomic::AtomicBool::new(false),
-            relations: Mutex::new(Relations::default()),
+            relations: Mutex::new(None),
         });
         self.shard(id)
             .lock()
@@ -131,6 +183,21 @@ impl ProcessTable {
         self.lookup(dest)
     }
 
+    /// `resolve` plus the live entry, in one table lookup (the send path). `None` when `dest`
+    /// is neither PID-shaped nor a registered name; `Some((pid, None))` for a dead pid.
+    pub fn resolve_entry(&self, dest: &str) -> Option<(Pid, Option<Arc<ProcessEntry>>)> {
+        if dest.starts_with('{') {
+            let id = Pid::parse_id(dest)?;
+            return Some(match self.get(id) {
+                Some(p) => (p.pid.clone(), Some(p)),
+                None => (Pid::new(id, Arc::from(host_of(dest))), None),
+            });
+        }
+        let pid = self.lookup(dest)?;
+        let entry = self.get(pid.id());
+        Some((pid, entry))
+    }
+
     /// Queues a message; `false` if the target is gone (the message is dropped).
     pub fn send(&self, to: &Pid, msg: Message) -> bool {
         match self.get(to.id()) {
@@ -150,7 +217,7 @@ impl ProcessTable {
     pub fn monitor(&self, watcher: &Pid, target: &Pid) {
         match self.get(target.id()) {
             Some(p) => {
-                let mut rel = p.relations.lock().expect("relations lock");
+                let mut rel = p.relations();
                 if !rel.monitors.contains(watcher) {
                     rel.monitors.push(watcher.clone());
                 }
@@ -169,11 +236,7 @@ impl ProcessTable {
 
     pub fn demonitor(&self, watcher: &Pid, target: &Pid) {
         if let Some(p) = self.get(target.id()) {
-            p.relations
-                .lock()
-                .expect("relations lock")
-                .monitors
-                .retain(|w| w != watcher);
+            p.relations().monitors.retain(|w| w != watcher);
         }
     }
 
@@ -193,7 +256,7 @@ impl ProcessTable {
             return;
         };
         for (p, other) in [(&pa, b), (&pb, a)] {
-            let mut rel = p.relations.lock().expect("relations lock");
+            let mut rel = p.relations();
             if !rel.links.contains(other) {
                 rel.links.push(other.clone());
             }
@@ -203,11 +266,7 @@ impl ProcessTable {
     pub fn unlink(&self, a: &Pid, b: &Pid) {
         for (x, y) in [(a, b), (b, a)] {
             if let Some(p) = self.get(x.id()) {
-                p.relations
-                    .lock()
-                    .expect("relations lock")
-                    .links
-                    .retain(|l| l != y);
+                p.relations().links.retain(|l| l != y);
             }
         }
     }
@@ -225,11 +284,7 @@ impl ProcessTable {
             }
         }
         names.insert(name.to_string(), pid.clone());
-        proc.relations
-            .lock()
-            .expect("relations lock")
-            .names
-            .push(name.to_string());
+        proc.relations().names.push(name.to_string());
         Ok(())
     }
 
@@ -241,11 +296,7 @@ impl ProcessTable {
         let removed = self.names.lock().expect("names lock").remove(name);
         if let Some(pid) = &removed {
             if let Some(p) = self.get(pid.id()) {
-                p.relations
-                    .lock()
-                    .expect("relations lock")
-                    .names
-                    .retain(|n| n != name);
+                p.relations().names.retain(|n| n != name);
             }
         }
         removed.is_some()
@@ -265,7 +316,12 @@ impl ProcessTable {
         self.stats.alive.fetch_sub(1, Ordering::Relaxed);
         self.stats.exited.fetch_add(1, Ordering::Relaxed);
         proc.mailbox.close();
-        let rel = std::mem::take(&mut *proc.relations.lock().expect("relations lock"));
+        let rel = proc
+            .relations
+            .lock()
+            .expect("relations lock")
+            .take()
+            .unwrap_or_default();
         if !rel.names.is_empty() {
             let mut names = self.names.lock().expect("names lock");
             for n in &rel.names {
@@ -285,11 +341,7 @@ impl ProcessTable {
         }
         for linked in &rel.links {
             if let Some(p) = self.get(linked.id()) {
-                p.relations
-                    .lock()
-                    .expect("relations lock")
-                    .links
-                    .retain(|l| l != pid);
+                p.relations().links.retain(|l| l != pid);
                 if let ExitResult::Error(error) = &result {
                     p.mailbox.push(Signal::Event(Event::LinkDown {
                         from: pid.clone(),

@@ -25,9 +25,9 @@ pub struct LuaMessage(pub Message);
 
 impl UserData for LuaMessage {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("topic", |_, this, ()| Ok(this.0.topic.to_string()));
-        methods.add_method("from", |_, this, ()| {
-            Ok(this.0.from.as_ref().map(|p| p.to_string()))
+        methods.add_method("topic", |lua, this, ()| lua.create_string(&*this.0.topic));
+        methods.add_method("from", |lua, this, ()| {
+            this.0.from.as_ref().map(|p| pid_string(lua, p)).transpose()
         });
         methods.add_method("payload", |lua, this, ()| match this.0.payloads.len() {
             0 => Ok(mlua::Value::Nil),
@@ -165,22 +165,84 @@ fn pid_meta(ctx: &ProcCtx) -> serde_json::Value {
     serde_json::json!({"pid": ctx.pid().to_string()})
 }
 
+/// Runs `f` on a string argument without copying it out of Lua. Anything but a UTF-8 string
+/// goes through mlua's own `String` conversion, so coercions and errors stay exactly those
+/// of a `String` parameter (`bad argument #pos: ...`).
+fn with_str_arg<R>(
+    lua: &Lua,
+    pos: usize,
+    v: &mlua::Value,
+    f: impl FnOnce(&str) -> R,
+) -> mlua::Result<R> {
+    if let mlua::Value::String(s) = v {
+        if let Ok(borrowed) = s.to_str() {
+            return Ok(f(&borrowed));
+        }
+    }
+    match <String as mlua::FromLua>::from_lua(v.clone(), lua) {
+        Ok(owned) => Ok(f(&owned)),
+        // mlua's error type fixes `Arc` here; it never leaves this thread.
+        #[allow(clippy::arc_with_non_send_sync)]
+        Err(cause) => Err(mlua::Error::BadArgument {
+            to: None,
+            pos,
+            name: None,
+            cause: Arc::new(cause),
+        }),
+    }
+}
+
+/// The `Arc<str>` of a message topic. Senders repeat a handful of topics, so recent ones are
+/// shared instead of allocating one per message.
+fn topic_arc(topic: &str) -> Arc<str> {
+    const SLOTS: usize = 8;
+    thread_local! {
+        static RECENT: std::cell::RefCell<(usize, Vec<Arc<str>>)> =
+            const { std::cell::RefCell::new((0, Vec::new())) };
+    }
+    RECENT.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some(hit) = r.1.iter().find(|t| &***t == topic) {
+            return hit.clone();
+        }
+        let arc: Arc<str> = Arc::from(topic);
+        let (next, slots) = &mut *r;
+        if slots.len() < SLOTS {
+            slots.push(arc.clone());
+        } else {
+            slots[*next] = arc.clone();
+            *next = (*next + 1) % SLOTS;
+        }
+        arc
+    })
+}
+
 fn send(
     lua: &Lua,
-    (dest, topic, payloads): (mlua::Value, String, Variadic<mlua::Value>),
+    (dest, topic, payloads): (mlua::Value, mlua::Value, Variadic<mlua::Value>),
 ) -> mlua::Result<LuaPair> {
     let ctx = context::require_current()?;
-    if topic.starts_with('@') {
+    let Some(topic) = with_str_arg(lua, 2, &topic, |t| {
+        (!t.starts_with('@')).then(|| topic_arc(t))
+    })?
+    else {
         return fail(
             lua,
             ErrorKind::Invalid,
             "topics starting with @ are reserved",
         );
-    }
-    let dest = dest_arg(&dest)?;
-    let pid = match resolve(&ctx, &dest) {
-        Resolved::Pid(p) => p,
-        Resolved::Missing(m) => return fail(lua, ErrorKind::NotFound, m),
+    };
+    // One table lookup resolves the destination and finds its mailbox.
+    let resolved = match &dest {
+        mlua::Value::String(s) => match s.to_str() {
+            Ok(d) => resolve_entry(&ctx, &d),
+            Err(_) => resolve_entry(&ctx, &dest_arg(&dest)?),
+        },
+        _ => resolve_entry(&ctx, &dest_arg(&dest)?),
+    };
+    let (pid, target) = match resolved {
+        Ok(found) => found,
+        Err(m) => return fail(lua, ErrorKind::NotFound, m),
     };
     let allowed = context::decided_without_policies().unwrap_or_else(|| {
         context::allowed_with_meta("process.send", &pid.to_string(), &pid_meta(&ctx))
@@ -199,15 +261,31 @@ fn send(
             Err(e) => return fail(lua, e.kind, e.message),
         }
     }
-    ctx.node.procs.send(
-        &pid,
-        Message {
-            from: Some(ctx.pid().clone()),
-            topic: Arc::from(topic),
-            payloads: values,
-        },
-    );
+    // A dead target drops the message, as `ProcessTable::send` would.
+    if let Some(target) = target {
+        target
+            .mailbox
+            .push(crate::process::pid::Signal::Message(Message {
+                from: Some(ctx.pid().clone()),
+                topic,
+                payloads: values,
+            }));
+    }
     ok(lua, true)
+}
+
+/// `resolve`, keeping the live entry found on the way (`Err` is the NOT_FOUND message).
+fn resolve_entry(
+    ctx: &ProcCtx,
+    dest: &str,
+) -> Result<(Pid, Option<Arc<crate::process::table::ProcessEntry>>), String> {
+    ctx.node.procs.resolve_entry(dest).ok_or_else(|| {
+        if dest.starts_with('{') {
+            format!("invalid pid {dest}")
+        } else {
+            format!("no process registered as {dest}")
+        }
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -223,42 +301,121 @@ pub struct SpawnExtras {
     messages: Vec<(String, Vec<Value>)>,
 }
 
+/// What `do_spawn` resolved for an (entry, host) pair, reused while the registry snapshot is
+/// the same: a spawner usually spawns the same entry over and over.
+struct SpawnTarget {
+    id: String,
+    host: String,
+    namespace: String,
+    /// Never upgraded; keeps the snapshot's allocation, so its address is not reused.
+    snapshot: std::sync::Weak<crate::runtime::Snapshot>,
+    entry: EntryId,
+    host_id: EntryId,
+    code: Arc<crate::lua::compile::CompiledCode>,
+}
+
+thread_local! {
+    static LAST_SPAWN: std::cell::RefCell<Option<SpawnTarget>> = const { std::cell::RefCell::new(None) };
+}
+
+enum SpawnLookup {
+    /// Entry, host and the entry's code (`None`: not found, reported after the policy checks).
+    Found(
+        EntryId,
+        EntryId,
+        Option<Arc<crate::lua::compile::CompiledCode>>,
+    ),
+    Invalid(String),
+}
+
+/// Resolves and checks the entry and host references of a spawn (cached, see `SpawnTarget`).
+fn spawn_lookup(ctx: &ProcCtx, id: &str, host: &str) -> SpawnLookup {
+    let snapshot = ctx.node.snapshot();
+    let ns = ctx.namespace();
+    let cached = LAST_SPAWN.with(|c| {
+        c.borrow().as_ref().and_then(|t| {
+            (t.id == id
+                && t.host == host
+                && t.namespace == ns
+                && std::ptr::eq(t.snapshot.as_ptr(), Arc::as_ptr(&snapshot)))
+            .then(|| (t.entry.clone(), t.host_id.clone(), t.code.clone()))
+        })
+    });
+    if let Some((entry, host_id, code)) = cached {
+        return SpawnLookup::Found(entry, host_id, Some(code));
+    }
+    let Some(entry) = EntryId::resolve(id, ns) else {
+        return SpawnLookup::Invalid(format!("invalid entry id {id:?}"));
+    };
+    let Some(host_id) = EntryId::resolve(host, ns) else {
+        return SpawnLookup::Invalid(format!("invalid host id {host:?}"));
+    };
+    let Some(code) = snapshot.code.get(&entry).cloned() else {
+        return SpawnLookup::Found(entry, host_id, None);
+    };
+    if code.is_process {
+        LAST_SPAWN.with(|c| {
+            *c.borrow_mut() = Some(SpawnTarget {
+                id: id.to_string(),
+                host: host.to_string(),
+                namespace: ns.to_string(),
+                snapshot: Arc::downgrade(&snapshot),
+                entry: entry.clone(),
+                host_id: host_id.clone(),
+                code: code.clone(),
+            })
+        });
+    }
+    SpawnLookup::Found(entry, host_id, Some(code))
+}
+
 fn do_spawn(
     lua: &Lua,
     mode: SpawnMode,
     extras: &SpawnExtras,
-    (id, host, args): (String, String, Variadic<mlua::Value>),
+    (id, host, args): (mlua::Value, mlua::Value, Variadic<mlua::Value>),
 ) -> mlua::Result<LuaPair> {
     let ctx = context::require_current()?;
-    let ns = ctx.namespace().to_string();
-    let Some(entry) = EntryId::resolve(&id, &ns) else {
-        return fail(lua, ErrorKind::Invalid, format!("invalid entry id {id:?}"));
+    let lookup = with_str_arg(lua, 1, &id, |id| {
+        with_str_arg(lua, 2, &host, |host| spawn_lookup(&ctx, id, host))
+    })??;
+    let (entry, host_id, code) = match lookup {
+        SpawnLookup::Found(e, h, c) => (e, h, c),
+        SpawnLookup::Invalid(message) => return fail(lua, ErrorKind::Invalid, message),
     };
-    let Some(host_id) = EntryId::resolve(&host, &ns) else {
-        return fail(lua, ErrorKind::Invalid, format!("invalid host id {host:?}"));
-    };
-    let meta = pid_meta(&ctx);
-    let mut checks = vec![
-        ("process.spawn", entry.to_string()),
-        ("process.host", host_id.to_string()),
-    ];
-    if mode.monitor {
-        checks.push(("process.spawn.monitored", entry.to_string()));
-    }
-    if mode.link {
-        checks.push(("process.spawn.linked", entry.to_string()));
-    }
-    for (action, resource) in &checks {
-        if !context::allowed_with_meta(action, resource, &meta) {
+    // Without an actor or scope no policy is evaluated (the answer is `!strict`), so the
+    // resource strings and meta are only built when a policy will read them.
+    if let Some(allowed) = context::decided_without_policies() {
+        if !allowed {
             return fail(
                 lua,
                 ErrorKind::PermissionDenied,
-                format!("permission denied: {action} on {resource}"),
+                format!("permission denied: process.spawn on {entry}"),
             );
         }
+    } else {
+        let meta = pid_meta(&ctx);
+        let mut checks = vec![
+            ("process.spawn", entry.to_string()),
+            ("process.host", host_id.to_string()),
+        ];
+        if mode.monitor {
+            checks.push(("process.spawn.monitored", entry.to_string()));
+        }
+        if mode.link {
+            checks.push(("process.spawn.linked", entry.to_string()));
+        }
+        for (action, resource) in &checks {
+            if !context::allowed_with_meta(action, resource, &meta) {
+                return fail(
+                    lua,
+                    ErrorKind::PermissionDenied,
+                    format!("permission denied: {action} on {resource}"),
+                );
+            }
+        }
     }
-    let snapshot = ctx.node.snapshot();
-    let Some(code) = snapshot.code.get(&entry).cloned() else {
+    let Some(code) = code else {
         return fail(lua, ErrorKind::NotFound, format!("entry {entry} not found"));
     };
     if !code.is_process {
@@ -300,9 +457,23 @@ fn do_spawn(
             on_exit: None,
         },
     ) {
-        Ok(pid) => ok(lua, pid.to_string()),
+        Ok(pid) => ok(lua, pid_string(lua, &pid)?),
         Err(e) => fail(lua, e.kind, e.message),
     }
+}
+
+/// A pid as a Lua string, formatted in a reused buffer (no allocation per spawn).
+pub fn pid_string(lua: &Lua, pid: &Pid) -> mlua::Result<mlua::String> {
+    use std::fmt::Write;
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        let _ = write!(b, "{pid}");
+        lua.create_string(b.as_bytes())
+    })
 }
 
 async fn exec(
@@ -455,8 +626,10 @@ impl UserData for Spawner {
         ] {
             methods.add_method(
                 name,
-                move |lua, this, args: (String, String, Variadic<mlua::Value>)| {
-                    do_spawn(lua, mode, &this.0, args)
+                move |lua, this, (id, host, args): (String, String, Variadic<mlua::Value>)| {
+                    let id = mlua::Value::String(lua.create_string(&id)?);
+                    let host = mlua::Value::String(lua.create_string(&host)?);
+                    do_spawn(lua, mode, &this.0, (id, host, args))
                 },
             );
         }
@@ -610,14 +783,14 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
         "inbox",
         lua.create_function(|lua, ()| {
             let ctx = context::require_current()?;
-            cached_channel(lua, &ctx.inbox_ud, &ctx.inbox)
+            cached_channel(lua, &ctx.inbox_ud, ctx.inbox())
         })?,
     )?;
     p.set(
         "events",
         lua.create_function(|lua, ()| {
             let ctx = context::require_current()?;
-            cached_channel(lua, &ctx.events_ud, &ctx.events)
+            cached_channel(lua, &ctx.events_ud, ctx.events())
         })?,
     )?;
     p.set(
