@@ -64,6 +64,7 @@ run_moonwire() {
         "$dir/bench/process/registry/_index.yaml"
     sed -i "s/^\( *\)rss_pause_ms: \(.*\)/\1rss_pause_ms: \2\n\1only: $2/" "$dir/bench/process/registry/_index.yaml"
     log="$dir/log"
+    : >"$log"
     (cd "$dir" && MOONWIRE_LOG=info exec "$BIN" run --registry bench/process/registry --no-watch) 2>"$log" &
     CHILD=$!
     local before="" after="" waited=0
