@@ -1,5 +1,6 @@
--- The issue-2 process-model benchmark driver. Runs each measurement once per start of the
--- binary (run.sh starts it three times and takes medians) and logs one line per result:
+-- The issue-2 process-model benchmark driver. Runs the measurement named by `only` (all three
+-- without it) once per start of the binary (run.sh starts one binary per measurement, three
+-- times, and takes medians) and logs one line per result:
 --   bench result name=<spawn|pingpong|broadcast> ops=<n> seconds=<s> per_sec=<ops/s>
 -- Timing is wall clock (time.now():unix_nano()); os.clock() is CPU time of every thread.
 local logger = require("logger")
