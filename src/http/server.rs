@@ -208,7 +208,14 @@ async fn handle(
             return preflight;
         }
     }
-    let cors_headers = chain.cors.as_ref().map(|_| req.headers().clone());
+    // `decorate` reads only Origin: copying that one value beats cloning the whole map.
+    let cors_headers = chain.cors.as_ref().map(|_| {
+        let mut h = hyper::HeaderMap::new();
+        if let Some(origin) = req.headers().get(hyper::header::ORIGIN) {
+            h.insert(hyper::header::ORIGIN, origin.clone());
+        }
+        h
+    });
     let mut resp = match &route.target {
         Target::Options => {
             let mut r = Response::new(Full::new(Bytes::new()));
@@ -250,7 +257,7 @@ async fn endpoint(
     }
     let on_upgrade = (chain.ws_relay.is_some() && ws_relay::is_upgrade_request(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -277,7 +284,12 @@ async fn endpoint(
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
         query,
-        headers: parts.headers.clone(),
+        // Only the relay reads `parts.headers` afterwards; otherwise the frame takes them.
+        headers: if chain.ws_relay.is_some() {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        },
         body,
         remote_addr: peer.to_string(),
         params,

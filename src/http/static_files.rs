@@ -28,7 +28,7 @@ pub struct StaticSite {
     cache_control: Option<HeaderValue>,
     /// Small files by request path, so a hot file is served without a trip to the blocking
     /// pool; an entry is trusted for `REVALIDATE`, then checked against the disk again.
-    cache: Arc<Mutex<HashMap<String, Cached>>>,
+    cache: Arc<Mutex<HashMap<String, Arc<Cached>>>>,
 }
 
 /// Files up to this size are kept in memory after the first request.
@@ -43,6 +43,10 @@ struct Cached {
     bytes: Bytes,
     mtime: Option<SystemTime>,
     checked: std::time::Instant,
+    // Validators are formatted once per (re)load rather than on every hit.
+    etag: String,
+    etag_value: HeaderValue,
+    last_modified: Option<HeaderValue>,
 }
 
 impl StaticSite {
@@ -121,7 +125,7 @@ impl StaticSite {
             .filter(|c| c.checked.elapsed() < REVALIDATE)
             .cloned();
         if let Some(c) = hit {
-            return self.respond(&c.bytes, c.mtime, c.content_type, head, &cond);
+            return self.respond(&c, head, &cond);
         }
         let site = self.clone();
         match tokio::task::spawn_blocking(move || {
@@ -199,51 +203,65 @@ impl StaticSite {
         } else {
             content_type_for(&path)
         };
+        let mtime = meta.modified().ok();
+        let etag = make_etag(bytes.len() as u64, mtime);
+        let Ok(etag_value) = HeaderValue::from_str(&etag) else {
+            return;
+        };
+        let last_modified = mtime
+            .map(httpdate::fmt_http_date)
+            .and_then(|d| HeaderValue::from_str(&d).ok());
         let mut cache = self.cache.lock().expect("static cache lock");
         if cache.len() >= CACHE_ENTRIES_MAX {
             cache.clear();
         }
         cache.insert(
             key.to_string(),
-            Cached {
+            Arc::new(Cached {
                 content_type,
                 bytes: Bytes::from(bytes),
-                mtime: meta.modified().ok(),
+                mtime,
                 checked: std::time::Instant::now(),
-            },
+                etag,
+                etag_value,
+                last_modified,
+            }),
         );
     }
 
     /// The answer for a file already in memory: validators, conditions, Range, HEAD.
-    fn respond(
-        &self,
-        bytes: &Bytes,
-        mtime: Option<SystemTime>,
-        content_type: &'static str,
-        head: bool,
-        cond: &Conditions,
-    ) -> Response<Full<Bytes>> {
-        let len = bytes.len() as u64;
-        let etag = make_etag(len, mtime);
-        let mut builder = Response::builder()
-            .header(header::ETAG, &etag)
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-        if let Some(lm) = mtime.map(httpdate::fmt_http_date) {
-            builder = builder.header(header::LAST_MODIFIED, lm);
+    fn respond(&self, c: &Cached, head: bool, cond: &Conditions) -> Response<Full<Bytes>> {
+        let len = c.bytes.len() as u64;
+        // Filled in place: `http::response::Builder` re-validates every name and value, which
+        // showed up in profiles of the hot static path.
+        let mut h = HeaderMap::with_capacity(8);
+        h.insert(header::ETAG, c.etag_value.clone());
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if let Some(lm) = &c.last_modified {
+            h.insert(header::LAST_MODIFIED, lm.clone());
         }
         if let Some(cc) = &self.cache_control {
-            builder = builder.header(header::CACHE_CONTROL, cc.clone());
+            h.insert(header::CACHE_CONTROL, cc.clone());
         }
-        if cond.not_modified(&etag, mtime) {
-            return builder
-                .status(StatusCode::NOT_MODIFIED)
-                .body(Full::new(Bytes::new()))
-                .expect("static headers are valid");
+        let finish = |status: StatusCode, h: HeaderMap, body: Bytes| {
+            let mut r = Response::new(Full::new(body));
+            *r.status_mut() = status;
+            *r.headers_mut() = h;
+            r
+        };
+        if cond.not_modified(&c.etag, c.mtime) {
+            return finish(StatusCode::NOT_MODIFIED, h, Bytes::new());
         }
-        builder = builder.header(header::CONTENT_TYPE, content_type);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(c.content_type),
+        );
         let range = match &cond.range {
-            Some(r) if cond.if_range_matches(&etag, mtime) => parse_range(r, len),
+            Some(r) if cond.if_range_matches(&c.etag, c.mtime) => parse_range(r, len),
             _ => RangeSpec::Full,
         };
         let (status, start, count) = match range {
@@ -252,29 +270,28 @@ impl StaticSite {
                 (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
             }
             RangeSpec::Unsatisfiable => {
-                return builder
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
-                    .header(header::CONTENT_LENGTH, 0)
-                    .body(Full::new(Bytes::new()))
-                    .expect("static headers are valid");
+                h.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{len}")).expect("digits are valid"),
+                );
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+                return finish(StatusCode::RANGE_NOT_SATISFIABLE, h, Bytes::new());
             }
         };
-        builder = builder.status(status).header(header::CONTENT_LENGTH, count);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
         if status == StatusCode::PARTIAL_CONTENT {
-            builder = builder.header(
+            h.insert(
                 header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{len}", start + count - 1),
+                HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+                    .expect("digits are valid"),
             );
         }
         let body = if head {
             Bytes::new()
         } else {
-            bytes.slice(start as usize..(start + count) as usize)
+            c.bytes.slice(start as usize..(start + count) as usize)
         };
-        builder
-            .body(Full::new(body))
-            .expect("static headers are valid")
+        finish(status, h, body)
     }
 
     /// An existing regular file, or a directory's index file, confined to the root.

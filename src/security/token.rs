@@ -84,7 +84,9 @@ impl TokenStore {
             .filter(|d| !d.is_zero())
             .unwrap_or(self.default_expiration);
         let mut raw = vec![0u8; self.token_length];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
+        // ThreadRng is a CSPRNG seeded from the OS and reseeded periodically: as unguessable as
+        // OsRng without a getrandom syscall per token.
+        rand::thread_rng().fill_bytes(&mut raw);
         let base = URL_SAFE.encode(&raw);
         let created = now_ms();
         // A zero default expiration means "no expiry" rather than "already expired".
