@@ -1,9 +1,12 @@
 // moonwire ticker page: API key → POST /auth/token → WebSocket /ws/ticker, then a live
-// table and one canvas chart per symbol. Plain ES module, no build step, no dependencies.
+// table and one canvas chart per symbol, and the price alerts panel (alerts.js). Plain ES
+// modules, no build step, no dependencies.
 //
 // Ticks arrive every 10 ms, faster than the screen refreshes, so incoming messages only
 // update plain data and mark it dirty; the DOM and the canvases are touched at most once
 // per animation frame.
+
+import * as alerts from './alerts.js';
 
 const MAX_POINTS = 300; // points kept per chart
 const MAX_SYMBOLS = 64; // a misbehaving server must not grow the DOM without bound
@@ -33,8 +36,6 @@ const ui = {
   rate: $('rate'),
   rows: $('price-rows'),
   charts: $('charts'),
-  alerts: $('alerts'),
-  alertList: $('alert-list'),
 };
 
 // Test hook (read-only for tests; the page never reads it back, so it cannot change behaviour).
@@ -49,6 +50,7 @@ const hook = {
   reconnects: 0,
   tokens: 0, // successful token exchanges
   frames: 0, // animation frames that redrew something
+  alerts: null, // the alerts panel's own hook (alerts.js)
 };
 window.__ticker = hook;
 
@@ -61,6 +63,8 @@ const sign = (d) => (d > 0 ? '+' : d < 0 ? '−' : '');
 // A change that rounds to zero shows no sign ("0.000%", not "−0.000%").
 const fmtSigned = (d, ref) => sign(Math.abs(ref) >= 1 && Math.abs(d) < 0.005 ? 0 : d) + fmtPrice(Math.abs(d));
 const fmtPct = (p) => `${sign(Math.abs(p) < 0.0005 ? 0 : p)}${pctFmt.format(Math.abs(p))}%`;
+
+hook.alerts = alerts.init({ prices: hook.prices, fmtPrice });
 
 // ---------------------------------------------------------------------------------------
 // Per-symbol state, rows and charts
@@ -140,6 +144,7 @@ function getSymbol(symbol) {
   ui.charts.insertBefore(fig, after ? after.fig : null);
   symbols.set(symbol, s);
   resizer.observe(canvas);
+  alerts.addSymbol(symbol);
   return s;
 }
 
@@ -200,11 +205,14 @@ function applyTicker(data) {
     const s = getSymbol(item.symbol);
     if (!s) continue;
     s.price = item.price;
-    if (s.base === null) s.base = item.price;
     s.series.push(item.price);
     if (s.series.length > MAX_POINTS) s.series.splice(0, s.series.length - MAX_POINTS);
     s.dirty = true;
     hook.prices[s.symbol] = item.price;
+    if (s.base === null) {
+      s.base = item.price;
+      alerts.priceSeen(s.symbol);
+    }
     hook.chartPoints[s.symbol] = s.series.length;
     any = true;
   }
@@ -385,6 +393,7 @@ function backoff(attempt) {
 function connect(apiKey) {
   stop();
   resetSeries();
+  alerts.reset();
   hook.error = null;
   run = {
     key: apiKey,
@@ -398,6 +407,7 @@ function connect(apiKey) {
     lastFrameAt: 0,
     live: false,
     stopped: false,
+    beenLive: false,
   };
   const r = run;
   r.uiTimer = setInterval(() => refreshMeta(r), 250);
@@ -413,6 +423,7 @@ function stop() {
   for (const t of r.timers) clearTimeout(t);
   r.timers.clear();
   dropSocket(r, 1000, 'client disconnect');
+  alerts.signedOut();
 }
 
 function later(r, ms, fn) {
@@ -465,17 +476,40 @@ async function attempt(r) {
       scheduleRetry(r, `token exchange failed (HTTP ${res.status})`);
       return;
     }
-    r.token = res.body.token;
-    const ttl = Number(res.body.expires_in) > 0 ? Number(res.body.expires_in) : 3600;
-    r.tokenExpiresAt = Date.now() + ttl * 1000;
-    hook.tokens += 1;
+    keepToken(r, res.body);
     try {
       localStorage.setItem(KEY_STORAGE, r.key);
     } catch {
       // Private mode or storage disabled: remembering the key is a convenience only.
     }
+    alerts.signedIn((force) => apiToken(r, force));
   }
   openSocket(r);
+}
+
+function keepToken(r, body) {
+  r.token = body.token;
+  const ttl = Number(body.expires_in) > 0 ? Number(body.expires_in) : 3600;
+  r.tokenExpiresAt = Date.now() + ttl * 1000;
+  hook.tokens += 1;
+}
+
+/**
+ * A token for /api calls (alerts.js): the connection's own while it is fresh, else a new
+ * exchange (also when `force`: the API answered 401). null once the run is stopped.
+ */
+async function apiToken(r, force) {
+  if (r.stopped) return null;
+  if (!force && r.token && Date.now() < r.tokenExpiresAt - TOKEN_SLACK_MS) return r.token;
+  let res;
+  try {
+    res = await fetchToken(r.key);
+  } catch {
+    return null;
+  }
+  if (r.stopped || res.status !== 200 || typeof res.body?.token !== 'string') return null;
+  keepToken(r, res.body);
+  return r.token;
 }
 
 async function fetchToken(apiKey) {
@@ -618,7 +652,7 @@ function onMessage(r, data) {
       }
       break;
     case 'alert':
-      showAlert(msg);
+      alerts.fired(msg.alert);
       break;
     default:
       break;
@@ -630,6 +664,9 @@ function markLive(r) {
   r.live = true;
   hook.error = null;
   setState('live', 'Live');
+  // Alert frames sent while the socket was down are lost: reload the list after a drop.
+  if (r.beenLive) alerts.refresh();
+  r.beenLive = true;
 }
 
 function refreshMeta(r) {
@@ -645,17 +682,6 @@ function refreshMeta(r) {
     rate.since = now;
     ui.rate.textContent = r.live ? String(perSec) : '—';
   }
-}
-
-// Placeholder until the alerts UI lands: only reveal the section once the server sends one.
-function showAlert(msg) {
-  ui.alerts.hidden = false;
-  const li = document.createElement('li');
-  const side = msg.above != null ? `above ${msg.above}` : msg.below != null ? `below ${msg.below}` : '';
-  const at = Number.isFinite(msg.price) ? ` at ${fmtPrice(msg.price)}` : '';
-  li.textContent = [msg.symbol, side && `crossed ${side}`, at].filter(Boolean).join(' ') || 'Price alert';
-  ui.alertList.prepend(li);
-  while (ui.alertList.children.length > 20) ui.alertList.lastElementChild.remove();
 }
 
 // ---------------------------------------------------------------------------------------

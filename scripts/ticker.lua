@@ -1,11 +1,14 @@
 -- The singleton price broadcaster: a random walk for three symbols every 10 ms, sent to every
--- subscribed client. Subscribers are monitored, so a handler that dies is dropped.
+-- subscribed client and written to the cache behind GET /api/ticker. Subscribers are
+-- monitored, so a handler that dies is dropped.
 local logger = require("logger")
+local store = require("store")
 local time = require("time")
 local json = require("json")
 local crypto = require("crypto")
 
 local TICK = "10ms"
+local CACHE_KEY = "ticker:snapshot"
 local SYMBOLS = {"BTC-USD", "ETH-USD", "SOL-USD"}
 
 -- handler_pid -> client_pid
@@ -61,6 +64,10 @@ local function main()
         return nil, err
     end
     local ticks = ticker:response()
+    local cache, cache_err = store.get("app:cache")
+    if cache_err then
+        logger:warn("price cache unavailable; GET /api/ticker will answer 503", {error = tostring(cache_err)})
+    end
     process.registry.register("ticker")
     logger:info("ticker started", {pid = process.pid()})
 
@@ -68,8 +75,12 @@ local function main()
         local r = channel.select {inbox:case_receive(), events:case_receive(), ticks:case_receive()}
         if r.channel == ticks then
             step_prices()
+            local frame = snapshot()
+            if cache then
+                cache:set(CACHE_KEY, frame)
+            end
             if next(subscriptions) then
-                broadcast(snapshot())
+                broadcast(frame)
             end
         elseif r.channel == events then
             local event = r.value

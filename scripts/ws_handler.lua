@@ -1,7 +1,14 @@
--- One process per WebSocket connection: greets the client, subscribes it to the ticker,
--- answers pings, and unsubscribes when the relay says the client left.
+-- One process per WebSocket connection: greets the client, subscribes it to the ticker and to
+-- its owner's alerts, answers pings, and unsubscribes when the relay says the client left.
 local logger = require("logger")
 local json = require("json")
+local security = require("security")
+
+-- The users.id behind the connection (the actor was inherited from the upgrade request).
+local function owner_id()
+    local actor = security.actor()
+    return actor and actor:meta().user_id
+end
 
 local function send_json(client_pid, message)
     process.send(client_pid, "ws.send", {type = "text", data = json.encode(message)})
@@ -13,6 +20,11 @@ local function on_join(state, data)
     send_json(state.client_pid, {type = "welcome", user_id = state.user_id})
     process.send("ticker", "subscribe", {client_pid = state.client_pid, handler_pid = process.pid()})
     state.subscribed = true
+    state.owner = owner_id()
+    if state.owner then
+        -- Best effort: without a running alerts process the ticker still works.
+        process.send("alerts", "watch", {user_id = state.owner, handler_pid = process.pid(), client_pid = state.client_pid})
+    end
     logger:info("client joined", {user_id = state.user_id, client_pid = state.client_pid})
 end
 
@@ -27,6 +39,9 @@ local function on_leave(state, data)
     logger:info("client left", {user_id = state.user_id, reason = data.reason})
     if state.subscribed then
         process.send("ticker", "unsubscribe", {handler_pid = process.pid()})
+    end
+    if state.owner then
+        process.send("alerts", "unwatch", {handler_pid = process.pid()})
     end
 end
 

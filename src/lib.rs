@@ -4,8 +4,10 @@
 //! Data flows one way: `registry` (files → typed entries) → `runtime` (starts entries) →
 //! services (`http`, `process`, `store`, `security`) → `lua` (scripts).
 
+pub mod admin;
 pub mod http;
 pub mod lua;
+pub mod metrics;
 pub mod process;
 pub mod registry;
 pub mod reload;

@@ -41,6 +41,72 @@ enum Command {
         #[arg(long, default_value = "registry")]
         registry: PathBuf,
     },
+    /// Manage users of the app's accounts database.
+    Users {
+        #[arg(long, default_value = "registry", global = true)]
+        registry: PathBuf,
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+    /// Issue, list and revoke API keys.
+    Keys {
+        #[arg(long, default_value = "registry", global = true)]
+        registry: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Issue internal bearer tokens (`user:expiry:hmac`).
+    Tokens {
+        #[arg(long, default_value = "registry", global = true)]
+        registry: PathBuf,
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Create a user who can sign in with Basic auth.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// The password; read from MOONWIRE_PASSWORD when not given, so it stays out of shell history.
+        #[arg(long, env = "MOONWIRE_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// `user` reads and trades; `viewer` only reads.
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key for a user (id or email); prints the secret once.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// Comma-separated: read, trade.
+        #[arg(long, default_value = "read")]
+        permissions: String,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a key: signed requests and tokens issued for it stop working.
+    Revoke { api_key: String },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// An internal token for a user (id or email).
+    Issue {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 fn init_logging() {
@@ -87,6 +153,62 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Users { registry, action } => admin(&registry, |a| match action {
+            UsersAction::Create {
+                email,
+                password,
+                role,
+            } => {
+                let u = a.create_user(&email, &role, &password)?;
+                println!("user {} created (email {email}, role {})", u.id, u.role);
+                Ok(())
+            }
+        }),
+        Command::Keys { registry, action } => admin(&registry, |a| match action {
+            KeysAction::Create { user, permissions } => {
+                let (key, secret) = a.create_key(&user, &permissions)?;
+                println!("api_key:     {}", key.api_key);
+                println!("secret:      {secret}");
+                println!("user:        {}", key.user_id);
+                println!("permissions: {}", key.permissions.join(","));
+                eprintln!("The secret is shown only now; it is not stored.");
+                Ok(())
+            }
+            KeysAction::List { user } => {
+                for k in a.list_keys(user.as_deref())? {
+                    let state = if k.is_revoked() { "revoked" } else { "active" };
+                    let kind = if k.secret_hash.is_some() {
+                        "signed"
+                    } else {
+                        "legacy"
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{state}\t{kind}\tcreated {}",
+                        k.api_key,
+                        k.user_id,
+                        k.permissions.join(","),
+                        k.created_at
+                    );
+                }
+                Ok(())
+            }
+            KeysAction::Revoke { api_key } => {
+                if a.revoke_key(&api_key)? {
+                    println!("revoked {api_key}");
+                    Ok(())
+                } else {
+                    Err(format!("no active key {api_key}").into())
+                }
+            }
+        }),
+        Command::Tokens { registry, action } => admin(&registry, |a| match action {
+            TokensAction::Issue { user, ttl } => {
+                let ttl =
+                    moonwire::registry::duration::parse(&ttl).map_err(|e| format!("--ttl: {e}"))?;
+                println!("{}", a.issue_internal_token(&user, ttl)?);
+                Ok(())
+            }
+        }),
         Command::Run {
             registry,
             no_watch,
@@ -104,6 +226,29 @@ fn main() -> ExitCode {
                 .build()
                 .expect("tokio runtime");
             rt.block_on(run(reg, registry, no_watch, addr, strict))
+        }
+    }
+}
+
+type AdminResult = Result<(), Box<dyn std::error::Error>>;
+
+fn admin(
+    registry: &std::path::Path,
+    f: impl FnOnce(&moonwire::admin::Accounts) -> AdminResult,
+) -> ExitCode {
+    let reg = match load(registry) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let root = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let result = moonwire::admin::Accounts::open(&reg, &root)
+        .map_err(Into::into)
+        .and_then(|a| f(&a));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

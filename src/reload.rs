@@ -231,10 +231,12 @@ async fn reload_once(runtime: &Runtime, registry_dir: &Path, first_event: Instan
                 problems = diags.len(),
                 "reload rejected; the running version keeps serving"
             );
+            crate::metrics::reload(false);
             return;
         }
         Err(e) => {
             tracing::error!(error = %e, "reload failed");
+            crate::metrics::reload(false);
             return;
         }
     };
@@ -247,6 +249,7 @@ async fn reload_once(runtime: &Runtime, registry_dir: &Path, first_event: Instan
             tracing::debug!("files changed but the registry did not");
         }
         Ok(report) => {
+            crate::metrics::reload(true);
             let ids = |v: &[crate::registry::kinds::EntryId]| {
                 v.iter()
                     .map(|i| i.to_string())
@@ -263,6 +266,9 @@ async fn reload_once(runtime: &Runtime, registry_dir: &Path, first_event: Instan
                 "reload applied"
             );
         }
-        Err(e) => tracing::error!(error = %e, "reload rejected; the running version keeps serving"),
+        Err(e) => {
+            crate::metrics::reload(false);
+            tracing::error!(error = %e, "reload rejected; the running version keeps serving");
+        }
     }
 }

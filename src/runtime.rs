@@ -84,6 +84,7 @@ impl Node {
     }
 }
 
+use crate::http::middleware::api_auth::ApiAuth;
 use crate::http::middleware::cors::CorsConfig;
 use crate::http::middleware::token_auth::TokenAuth;
 use crate::http::router::{Chain, RouteTable, WsRelayOptions};
@@ -174,8 +175,15 @@ fn router_chain(router_id: &EntryId, r: &Router) -> Chain {
         } else {
             None
         },
+        api_auth: if has(&r.middleware, "api_auth") {
+            ApiAuth::from_options(&r.options, &router_id.namespace)
+        } else {
+            None
+        },
         ws_relay: has(&r.post_middleware, "websocket_relay")
             .then(|| WsRelayOptions::from_options(&r.post_options)),
+        // Accepted in either list; either way it wraps the whole request.
+        metrics: has(&r.middleware, "metrics") || has(&r.post_middleware, "metrics"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! End-to-end browser test (mission acceptance 3–7): the real `moonwire` binary serves the
 //! ticker app from `registry/` and `public/`, and headless Chromium, driven over the
 //! DevTools protocol, pastes the demo API key, connects, and must see live prices, a live
-//! chart per symbol, ping latency, and a reconnect (with a fresh token) after a restart.
+//! chart per symbol, ping latency, price alerts (created, fired, deleted through the page;
+//! issue #6 item 6), and a reconnect (with a fresh token) after a restart.
 //!
 //! Without a Chromium binary the test is skipped with a note, except under `CI=true`, where
 //! a missing browser is a failure: CI must never pass without having run it.
@@ -254,6 +255,8 @@ async fn checks(
         return Err("the API key was not remembered in localStorage".into());
     }
 
+    check_alerts(page, &server.api_key, deadline).await?;
+
     let shot = save_screenshot(page, "browser-test.png").await?;
     eprintln!("[browser-test] screenshot: {}", shot.display());
 
@@ -318,6 +321,8 @@ async fn checks(
             "ticks kept arriving after Disconnect: {idle} → {after}"
         ));
     }
+
+    check_read_only_alerts(page, deadline).await?;
 
     let thrown = cdp.events("Runtime.exceptionThrown");
     if !thrown.is_empty() {
@@ -416,6 +421,388 @@ async fn check_canvases(page: &Page<'_>) -> Result<(), String> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Price alerts (issue #6 item 6)
+//
+// The API contract: GET /api/me → {"permissions":[...]}; POST /api/alerts {"symbol","above"|
+// "below"} → 201 {"alert":{"id",...,"status":"open"}}; GET /api/alerts → {"alerts":[...]};
+// DELETE /api/alerts/{id} → 200; an "above X" alert fires when a tick's price is ≥ X ("below
+// X": ≤ X), and the socket then pushes {"type":"alert","alert":{"id",...}} once.
+
+/// The alerts panel as a user sees it (visible elements only), plus its test hook.
+const ALERTS: &str = "(() => { const $ = (id) => document.getElementById(id); \
+    const vis = (e) => !!e && !e.hidden && e.getClientRects().length > 0; \
+    const p = $('alerts'); const t = $('alert-toast'); const sel = $('alert-symbol'); \
+    const create = $('alert-create'); const w = window.__ticker || {}; \
+    return { shown: vis(p), mode: p ? p.dataset.mode : null, hook: w.alerts || null, \
+      state: w.state, prices: w.prices, \
+      formShown: vis($('alert-form')), fieldsDisabled: !!($('alert-fields') || {}).disabled, \
+      createEnabled: vis(create) && !create.disabled, \
+      symbols: sel ? [...sel.options].map(o => o.value) : [], \
+      note: vis($('alert-note')) ? $('alert-note').textContent.trim() : null, \
+      error: vis($('alert-error')) ? $('alert-error').textContent.trim() : null, \
+      rows: [...document.querySelectorAll('#alert-list [data-alert-id]')].map(r => { \
+        const b = r.querySelector('.alert-delete'); \
+        return { id: Number(r.dataset.alertId), status: r.dataset.status, \
+          statusText: ((r.querySelector('.alert-status') || {}).textContent || '').trim(), \
+          text: r.textContent.trim(), deleteShown: vis(b), deleteEnabled: vis(b) && !b.disabled }; }), \
+      toast: vis(t) ? { id: Number(t.dataset.alertId), text: t.textContent.trim() } : null }; })()";
+
+fn alert_row<'a>(v: &'a Value, id: u64) -> Option<&'a Value> {
+    v["rows"].as_array()?.iter().find(|r| r["id"] == id)
+}
+
+/// An error shown in the panel while the real API is in use: waiting longer cannot help.
+fn no_alert_error(v: &Value) -> Result<(), String> {
+    if v["mode"] == "unavailable" {
+        return Err(format!(
+            "GET /api/me answered no JSON (404 or the SPA page): is the alerts API missing? {v}"
+        ));
+    }
+    if v["error"].is_string() || v["mode"] == "error" {
+        return Err(format!("the alerts panel shows an error: {v}"));
+    }
+    Ok(())
+}
+
+/// With a key allowed to trade: create an alert through the form that fires at the next
+/// tick, see it listed, see the toast and the row turn "fired"; create one that cannot fire
+/// and delete it through the row's button; and see API errors (504 with ref_id, 403) shown.
+async fn check_alerts(page: &Page<'_>, api_key: &str, deadline: Instant) -> Result<(), String> {
+    let ready = wait_for(
+        page,
+        "the alerts panel with its form",
+        secs(10),
+        deadline,
+        ALERTS,
+        |v| {
+            no_alert_error(v)?;
+            Ok(v["shown"] == true
+                && v["mode"] == "trade"
+                && v["formShown"] == true
+                && v["createEnabled"] == true
+                && v["symbols"].as_array().is_some_and(|s| s.len() >= SYMBOLS))
+        },
+    )
+    .await?;
+    if ready["note"].is_string() {
+        return Err(format!(
+            "a trading key should get no read-only note: {ready}"
+        ));
+    }
+
+    // 1. "above" half the current price: the next tick (10 ms) is ≥ it, so it fires at once.
+    let price = pick_in_form(page, "BTC-USD", "above").await?;
+    let (id, created) = create_alert(page, price * 0.5, None, deadline).await?;
+    let row = alert_row(&created, id).cloned().unwrap_or_default();
+    if !row["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("BTC-USD") && t.contains("above"))
+    {
+        return Err(format!(
+            "alert row {id} should name BTC-USD and above: {row}"
+        ));
+    }
+    let fired = wait_for(
+        page,
+        "the alert to fire (toast and row status)",
+        secs(10),
+        deadline,
+        ALERTS,
+        |v| {
+            no_alert_error(v)?;
+            let row = alert_row(v, id);
+            Ok(v["toast"]["id"] == id
+                && row.is_some_and(|r| r["status"] == "fired" && r["statusText"] == "fired"))
+        },
+    )
+    .await?;
+    if !fired["toast"]["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("BTC-USD"))
+    {
+        return Err(format!(
+            "the toast should name the symbol: {}",
+            fired["toast"]
+        ));
+    }
+    let listed = server_alerts(page, api_key).await?;
+    let stored = listed.iter().find(|a| a["id"] == id);
+    let fired_price = stored.and_then(|a| a["fired_price"].as_f64());
+    if !stored.is_some_and(|a| a["status"] == "fired" && a["direction"] == "above")
+        || !fired_price.is_some_and(|p| p >= price * 0.5)
+    {
+        return Err(format!(
+            "GET /api/alerts should hold alert {id} as fired above {} with fired_price ≥ it: {stored:?}",
+            price * 0.5
+        ));
+    }
+    eprintln!("[browser-test] alert {id} fired at {fired_price:?}");
+
+    // Dismissing the toast hides it.
+    click(page, "alert-toast-close").await?;
+    wait_for(page, "the toast to close", secs(3), deadline, ALERTS, |v| {
+        Ok(v["toast"].is_null())
+    })
+    .await?;
+
+    // 2. "below" half the price cannot fire; delete it through its row.
+    let eth = pick_in_form(page, "ETH-USD", "below").await?;
+    let (id2, created2) = create_alert(page, eth * 0.5, Some(id), deadline).await?;
+    let row2 = alert_row(&created2, id2).cloned().unwrap_or_default();
+    if row2["status"] != "open" || row2["statusText"] != "open" || row2["deleteEnabled"] != true {
+        return Err(format!(
+            "alert {id2} should be open with a Delete button: {row2}"
+        ));
+    }
+    click_css(
+        page,
+        &format!("#alert-list .alert-delete[data-alert-id=\"{id2}\"]"),
+    )
+    .await?;
+    wait_for(
+        page,
+        "the deleted alert's row to go",
+        secs(10),
+        deadline,
+        ALERTS,
+        |v| {
+            no_alert_error(v)?;
+            Ok(alert_row(v, id2).is_none() && alert_row(v, id).is_some())
+        },
+    )
+    .await?;
+    let listed = server_alerts(page, api_key).await?;
+    if listed.iter().any(|a| a["id"] == id2) {
+        return Err(format!(
+            "alert {id2} is still in GET /api/alerts after Delete: {listed:?}"
+        ));
+    }
+
+    // 3. Errors reach the user: the API's answers are stubbed in the page (the real service
+    // cannot be made to time out or refuse on demand), the page's handling is real.
+    let timeout = json!({ "error": "alerts service timeout", "ref_id": "ref-browser-test-504" });
+    stub_api(page, "POST", "/api/alerts", 504, &timeout).await?;
+    click(page, "alert-create").await?;
+    let shown = wait_for(
+        page,
+        "the 504 error in the panel",
+        secs(5),
+        deadline,
+        ALERTS,
+        |v| {
+            Ok(v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("ref-browser-test-504")))
+        },
+    )
+    .await?;
+    if !shown["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("alerts service timeout"))
+    {
+        return Err(format!(
+            "the 504 error should show its message: {}",
+            shown["error"]
+        ));
+    }
+    stub_api(
+        page,
+        "DELETE",
+        &format!("/api/alerts/{id}"),
+        403,
+        &json!({ "error": "permission denied" }),
+    )
+    .await?;
+    click_css(
+        page,
+        &format!("#alert-list .alert-delete[data-alert-id=\"{id}\"]"),
+    )
+    .await?;
+    wait_for(
+        page,
+        "the 403 error in the panel",
+        secs(5),
+        deadline,
+        ALERTS,
+        |v| {
+            Ok(v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("permission denied") && e.contains("403"))
+                && alert_row(v, id).is_some_and(|r| r["deleteEnabled"] == true))
+        },
+    )
+    .await?;
+    unstub_api(page).await?;
+
+    // The server pushes a fired alert once.
+    let frames = page.eval("window.__ticker.alerts.firedFrames").await?;
+    if frames[id.to_string()] != 1 {
+        return Err(format!(
+            "alert {id} should have been pushed exactly once: {frames}"
+        ));
+    }
+    Ok(())
+}
+
+/// After Disconnect the list stays but cannot be changed; a key without "trade" (GET /api/me
+/// stubbed to permissions ["read"]) gets the list read-only, with a note and no form.
+async fn check_read_only_alerts(page: &Page<'_>, deadline: Instant) -> Result<(), String> {
+    let offline = page.eval(ALERTS).await?;
+    let rows = offline["rows"].as_array().cloned().unwrap_or_default();
+    if offline["mode"] != "offline"
+        || offline["fieldsDisabled"] != true
+        || rows.iter().any(|r| r["deleteEnabled"] == true)
+    {
+        return Err(format!(
+            "after Disconnect alerts should be listed but locked: {offline}"
+        ));
+    }
+    let me = json!({ "user_id": "demo", "actor": "user:demo", "role": "user",
+                     "permissions": ["read"], "auth": "token" });
+    stub_api(page, "GET", "/api/me", 200, &me).await?;
+    click(page, "connect").await?;
+    let ro = wait_for(
+        page,
+        "the read-only alerts panel",
+        secs(10),
+        deadline,
+        ALERTS,
+        |v| {
+            no_alert_error(v)?;
+            Ok(v["state"] == "live" && v["mode"] == "readonly" && v["shown"] == true)
+        },
+    )
+    .await?;
+    unstub_api(page).await?;
+    let rows = ro["rows"].as_array().cloned().unwrap_or_default();
+    if ro["formShown"] == true
+        || !ro["note"].as_str().is_some_and(|n| n.contains("read-only"))
+        || rows.iter().any(|r| r["deleteShown"] == true)
+    {
+        return Err(format!(
+            "a read-only key should see a note, no form and no Delete buttons: {ro}"
+        ));
+    }
+    Ok(())
+}
+
+/// Picks a symbol and direction in the form as a user would (the selects' change events) and
+/// checks the price was prefilled with the symbol's current price; returns that price.
+async fn pick_in_form(page: &Page<'_>, symbol: &str, direction: &str) -> Result<f64, String> {
+    let r = page
+        .eval(&format!(
+            "((sym, dir) => {{ const $ = (id) => document.getElementById(id); \
+               for (const [id, v] of [['alert-symbol', sym], ['alert-direction', dir]]) {{ \
+                 $(id).value = v; $(id).dispatchEvent(new Event('change', {{ bubbles: true }})); }} \
+               return {{ symbol: $('alert-symbol').value, direction: $('alert-direction').value, \
+                        price: $('alert-price').value, current: window.__ticker.prices[sym] }}; \
+             }})({}, {})",
+            json!(symbol),
+            json!(direction)
+        ))
+        .await?;
+    let current = r["current"].as_f64().filter(|p| *p > 0.0);
+    let prefilled = r["price"].as_str().and_then(|p| p.parse::<f64>().ok());
+    match (current, prefilled) {
+        (Some(c), Some(p))
+            if r["symbol"] == symbol
+                && r["direction"] == direction
+                && (p - c).abs() <= c * 0.01 =>
+        {
+            Ok(c)
+        }
+        _ => Err(format!(
+            "picking {symbol}/{direction} should prefill the current price: {r}"
+        )),
+    }
+}
+
+/// Types `price` into the form, presses Create, and waits for a new alert (not `previous`) to
+/// be listed; returns its id and the panel seen then.
+async fn create_alert(
+    page: &Page<'_>,
+    price: f64,
+    previous: Option<u64>,
+    deadline: Instant,
+) -> Result<(u64, Value), String> {
+    type_into(page, "alert-price", &format!("{price:.2}")).await?;
+    click(page, "alert-create").await?;
+    let seen = wait_for(
+        page,
+        "the new alert in the list",
+        secs(10),
+        deadline,
+        ALERTS,
+        |v| {
+            no_alert_error(v)?;
+            let Some(id) = v["hook"]["lastCreatedId"].as_u64() else {
+                return Ok(false);
+            };
+            Ok(Some(id) != previous && alert_row(v, id).is_some())
+        },
+    )
+    .await?;
+    let id = seen["hook"]["lastCreatedId"].as_u64().unwrap_or_default();
+    Ok((id, seen))
+}
+
+/// GET /api/alerts with a token of its own, from inside the page (same origin, real fetch).
+async fn server_alerts(page: &Page<'_>, api_key: &str) -> Result<Vec<Value>, String> {
+    let r = page
+        .eval(&format!(
+            "(async (key) => {{ const f = window.__realFetch || window.fetch; \
+               const t = await (await f('/auth/token', {{ method: 'POST', \
+                 headers: {{ 'Content-Type': 'application/json' }}, \
+                 body: JSON.stringify({{ api_key: key }}) }})).json(); \
+               const r = await f('/api/alerts', {{ cache: 'no-store', \
+                 headers: {{ Accept: 'application/json', Authorization: 'Bearer ' + t.token }} }}); \
+               let body = null; try {{ body = await r.json(); }} catch {{}} \
+               return {{ status: r.status, body }}; }})({})",
+            json!(api_key)
+        ))
+        .await?;
+    match r["body"]["alerts"].as_array() {
+        Some(list) if r["status"] == 200 => Ok(list.clone()),
+        _ => Err(format!(
+            "GET /api/alerts should answer 200 {{\"alerts\":[...]}}: {r}"
+        )),
+    }
+}
+
+/// Answers the page's `method path` requests with `status` and `body` (JSON) from now on;
+/// every other request goes to the server. Replaces any earlier stub.
+async fn stub_api(
+    page: &Page<'_>,
+    method: &str,
+    path: &str,
+    status: u16,
+    body: &Value,
+) -> Result<(), String> {
+    page.eval(&format!(
+        "((method, path, status, body) => {{ \
+           const real = window.__realFetch || (window.__realFetch = window.fetch); \
+           window.fetch = (input, init) => {{ \
+             const url = new URL(typeof input === 'string' ? input : input.url, location.href); \
+             const m = ((init && init.method) || (typeof input === 'string' ? 'GET' : input.method)).toUpperCase(); \
+             if (m === method && url.pathname === path) return Promise.resolve(new Response( \
+               JSON.stringify(body), {{ status, headers: {{ 'Content-Type': 'application/json' }} }})); \
+             return real(input, init); }}; }})({}, {}, {}, {})",
+        json!(method),
+        json!(path),
+        status,
+        body
+    ))
+    .await
+    .map(|_| ())
+}
+
+async fn unstub_api(page: &Page<'_>) -> Result<(), String> {
+    page.eval("if (window.__realFetch) window.fetch = window.__realFetch; true")
+        .await
+        .map(|_| ())
+}
+
 async fn save_screenshot(page: &Page<'_>, name: &str) -> Result<PathBuf, String> {
     let png = page.screenshot_png().await?;
     let path = target_dir().join(name);
@@ -428,37 +815,55 @@ async fn save_screenshot(page: &Page<'_>, name: &str) -> Result<PathBuf, String>
 
 /// Focuses the key input, clears it, and types `key` through the input pipeline.
 async fn type_key(page: &Page<'_>, key: &str) -> Result<(), String> {
-    page.eval(
-        "(() => { const i = document.getElementById('api-key'); i.focus(); i.select(); \
-          i.value = ''; i.dispatchEvent(new Event('input', { bubbles: true })); })()",
-    )
+    type_into(page, "api-key", key).await
+}
+
+/// Focuses the input `id`, clears it, and types `text` through the input pipeline.
+async fn type_into(page: &Page<'_>, id: &str, text: &str) -> Result<(), String> {
+    page.eval(&format!(
+        "(() => {{ const i = document.getElementById({id}); i.focus(); i.select(); \
+          i.value = ''; i.dispatchEvent(new Event('input', {{ bubbles: true }})); }})()",
+        id = json!(id)
+    ))
     .await?;
-    page.type_text(key).await?;
+    page.type_text(text).await?;
     let typed = page
-        .eval("document.getElementById('api-key').value")
+        .eval(&format!("document.getElementById({}).value", json!(id)))
         .await?;
-    if typed != json!(key) {
-        return Err(format!("typing into the API key input gave {typed}"));
+    if typed != json!(text) {
+        return Err(format!("typing into #{id} gave {typed}"));
     }
     Ok(())
 }
 
 /// Clicks a button by id with real mouse events at its centre, after checking it is enabled.
 async fn click(page: &Page<'_>, id: &str) -> Result<(), String> {
+    click_css(page, &format!("#{id}")).await
+}
+
+/// Clicks the first element matching `selector` with real mouse events at its centre, after
+/// checking it is enabled and not covered (e.g. by the alert toast).
+async fn click_css(page: &Page<'_>, selector: &str) -> Result<(), String> {
     let r = page
         .eval(&format!(
-            "(() => {{ const b = document.getElementById({id}); if (!b) return null; \
+            "(() => {{ const b = document.querySelector({sel}); if (!b) return null; \
                b.scrollIntoView({{ block: 'center' }}); const r = b.getBoundingClientRect(); \
-               return {{ x: r.x + r.width / 2, y: r.y + r.height / 2, disabled: b.disabled }}; \
+               const x = r.x + r.width / 2, y = r.y + r.height / 2; \
+               const hit = document.elementFromPoint(x, y); \
+               return {{ x, y, disabled: b.disabled, covered: !b.contains(hit), \
+                        by: hit ? hit.outerHTML.slice(0, 120) : null }}; \
              }})()",
-            id = json!(id)
+            sel = json!(selector)
         ))
         .await?;
     if r.is_null() {
-        return Err(format!("no #{id} button"));
+        return Err(format!("no {selector} element"));
     }
     if r["disabled"] == true {
-        return Err(format!("#{id} is disabled"));
+        return Err(format!("{selector} is disabled"));
+    }
+    if r["covered"] == true {
+        return Err(format!("{selector} is covered by {}", r["by"]));
     }
     let x = r["x"].as_f64().unwrap_or(0.0);
     let y = r["y"].as_f64().unwrap_or(0.0);
@@ -514,7 +919,9 @@ impl Server {
         port: Option<u16>,
         deadline: Instant,
     ) -> Result<Server, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moonwire"));
+        let mut cmd = Command::new(
+            std::env::var("MOONWIRE_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_moonwire").into()),
+        );
         cmd.args(["run", "--registry"])
             .arg(registry)
             .arg("--no-watch")

@@ -1,6 +1,7 @@
 //! The route table of one `http.service`: endpoints and static mounts from its routers, the
 //! middleware chain each route runs under, and most-specific-match lookup (§8.1).
 
+use crate::http::middleware::api_auth::ApiAuth;
 use crate::http::middleware::cors::CorsConfig;
 use crate::http::middleware::token_auth::TokenAuth;
 use crate::http::static_files::StaticSite;
@@ -14,7 +15,10 @@ pub struct Chain {
     pub router: Option<EntryId>,
     pub cors: Option<CorsConfig>,
     pub token_auth: Option<TokenAuth>,
+    pub api_auth: Option<ApiAuth>,
     pub ws_relay: Option<WsRelayOptions>,
+    /// `metrics` listed: requests on this route are counted and timed (`crate::metrics`).
+    pub metrics: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +74,8 @@ pub struct Route {
     subtree: bool,
     pub target: Target,
     pub chain: Arc<Chain>,
-    pub pattern: String,
+    /// `POST /auth/token`: the route's metrics label too, hence shared rather than copied.
+    pub pattern: Arc<str>,
 }
 
 pub enum Match<'a> {
@@ -185,7 +190,7 @@ impl RouteTable {
                 subtree: false,
                 target: Target::Options,
                 chain: chain.clone(),
-                pattern: format!("OPTIONS {path}"),
+                pattern: format!("OPTIONS {path}").into(),
             });
         }
         self.routes.push(Route {
@@ -194,7 +199,7 @@ impl RouteTable {
             subtree: false,
             target: Target::Endpoint { entry, func },
             chain,
-            pattern: format!("{method} {path}"),
+            pattern: format!("{method} {path}").into(),
         });
         Ok(())
     }
@@ -206,7 +211,7 @@ impl RouteTable {
             subtree: true,
             target: Target::Static { site },
             chain,
-            pattern: format!("GET {path}"),
+            pattern: format!("GET {path}").into(),
         });
     }
 

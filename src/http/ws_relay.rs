@@ -5,6 +5,7 @@
 
 use crate::http::router::WsRelayOptions;
 use crate::http::server::{error_response, Body, ServerState};
+use crate::metrics::{self, METRICS};
 use crate::process::mailbox::Mailbox;
 use crate::process::pid::{Event, ExitResult, Message, Pid, Signal};
 use crate::process::value::Value;
@@ -15,7 +16,6 @@ use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET
 use hyper::{HeaderMap, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -31,12 +31,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a blocked write looks at the client's queue for an overflow.
 const STALL_CHECK: Duration = Duration::from_millis(10);
-
-/// Counters for `/metrics`.
-pub static CONNECTIONS: AtomicI64 = AtomicI64::new(0);
-pub static FRAMES_IN: AtomicU64 = AtomicU64::new(0);
-pub static FRAMES_OUT: AtomicU64 = AtomicU64::new(0);
-pub static SLOW_CLIENT_CLOSES: AtomicU64 = AtomicU64::new(0);
 
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     let has = |name, token: &str| {
@@ -296,7 +290,7 @@ where
         Mailbox::bounded(state.ws_buffer),
     );
     let pid = proc.pid.clone();
-    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    metrics::ws_opened();
     procs.monitor(&pid, &plan.target);
     tell(
         &state,
@@ -326,7 +320,7 @@ where
                 match frame {
                     Some(Ok(WsMessage::Text(t))) => {
                         frames_in += 1;
-                        FRAMES_IN.fetch_add(1, Ordering::Relaxed);
+                        METRICS.ws_frames_in.inc();
                         let data = Value::Str(Bytes::from(t));
                         let topic = plan.message_topic.clone();
                         tell(&state, &pid, &plan.target, &topic,
@@ -334,7 +328,7 @@ where
                     }
                     Some(Ok(WsMessage::Binary(b))) => {
                         frames_in += 1;
-                        FRAMES_IN.fetch_add(1, Ordering::Relaxed);
+                        METRICS.ws_frames_in.inc();
                         let topic = plan.message_topic.clone();
                         tell(&state, &pid, &plan.target, &topic,
                             lifecycle(&pid, &plan, vec![("type", Value::str("binary")), ("data", Value::Str(b))]));
@@ -360,7 +354,7 @@ where
                     break 'conn format!("server closed: {r}");
                 }
                 if proc.mailbox.overflowed() {
-                    SLOW_CLIENT_CLOSES.fetch_add(1, Ordering::Relaxed);
+                    METRICS.ws_slow_client_drops.inc();
                     tracing::warn!(client_pid = %pid, queue = state.ws_buffer, "WebSocket client too slow; closing with 1013");
                     // The socket is likely full, so the close frame gets a short budget only.
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_frame(CloseCode::Again, "client too slow"))).await;
@@ -416,10 +410,10 @@ where
                 };
                 frames.clear();
                 match written {
-                    Some(Ok(Ok(()))) => FRAMES_OUT.fetch_add(fed, Ordering::Relaxed),
+                    Some(Ok(Ok(()))) => METRICS.ws_frames_out.inc_by(fed),
                     Some(Ok(Err(e))) => break 'conn format!("client closed: {e}"),
                     Some(Err(_)) => {
-                        SLOW_CLIENT_CLOSES.fetch_add(1, Ordering::Relaxed);
+                        METRICS.ws_slow_client_drops.inc();
                         tracing::warn!(client_pid = %pid, "WebSocket write stalled; closing");
                         break 'conn "server closed: write timeout".to_string();
                     }
@@ -460,7 +454,7 @@ where
         lifecycle(&pid, &plan, vec![("reason", Value::str(reason))]),
     );
     procs.demonitor(&pid, &plan.target);
-    CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    metrics::ws_closed();
     procs.exit(
         &pid,
         ExitResult::Value(Value::str("websocket connection closed")),

@@ -5,7 +5,6 @@
 use crate::process::pid::{Event, ExitResult, Pid};
 use crate::process::table::ProcessTable;
 use crate::registry::kinds::{EntryId, Lifecycle};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -21,9 +20,6 @@ pub enum ServiceState {
     Failed,
     Stopped,
 }
-
-/// Restart counters the metrics endpoint reads.
-pub static RESTARTS: AtomicU64 = AtomicU64::new(0);
 
 /// A handle to a supervised service: stop it, or watch its state.
 pub struct ServiceHandle {
@@ -68,6 +64,7 @@ pub fn supervise(
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(ServiceState::Starting);
     let (pid_tx, pid_rx) = watch::channel(None);
+    crate::metrics::service_supervised(&id);
     let task = tokio::spawn(async move {
         let mut failures: u32 = 0;
         loop {
@@ -123,7 +120,7 @@ pub fn supervise(
                             return;
                         }
                     }
-                    RESTARTS.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::service_restarted(&id);
                 }
             }
         }

@@ -22,7 +22,7 @@ pub const DEMO_TOKEN_KEY: &str = "demo-secret-key-change-in-production";
 /// Every kind this runtime knows, in spec order (§1.7).
 /// Modules `require` can load (§2.2); an entry listing another is a load error.
 pub const KNOWN_MODULES: &[&str] = &[
-    "http", "json", "logger", "time", "crypto", "sql", "security", "store",
+    "http", "json", "logger", "time", "crypto", "sql", "security", "store", "metrics",
 ];
 
 pub const KNOWN_KINDS: &[&str] = &[
@@ -42,7 +42,7 @@ pub const KNOWN_KINDS: &[&str] = &[
 ];
 
 /// Middleware names and where they may appear.
-const PRE_MIDDLEWARE: &[&str] = &["cors", "token_auth", "metrics"];
+const PRE_MIDDLEWARE: &[&str] = &["cors", "token_auth", "api_auth", "metrics"];
 const POST_MIDDLEWARE: &[&str] = &["websocket_relay", "metrics"];
 
 const HTTP_METHODS: &[&str] = &[
@@ -548,6 +548,52 @@ impl<'a> Cx<'a> {
                 self.error_at(
                     p,
                     format!("unknown middleware `{name}` (known: {})", known.join(", ")),
+                );
+            }
+        }
+    }
+
+    /// `api_auth` needs a database; its token store and permission policies are references.
+    fn api_auth_options(&mut self, middleware: &[String], options: &mut BTreeMap<String, String>) {
+        if !middleware.iter().any(|m| m == "api_auth") {
+            return;
+        }
+        if !options.contains_key("api_auth.db") {
+            self.error(
+                &["options"],
+                "`api_auth` needs option `api_auth.db` (a db.sql.sqlite entry)",
+            );
+        }
+        self.option_reference(
+            options,
+            "options",
+            "api_auth.db",
+            Expect::Kinds(&["db.sql.sqlite"]),
+        );
+        self.option_reference(
+            options,
+            "options",
+            "api_auth.token_store",
+            Expect::Kinds(&["security.token_store"]),
+        );
+        let policy_keys: Vec<String> = options
+            .keys()
+            .filter(|k| k.starts_with("api_auth.policy."))
+            .cloned()
+            .collect();
+        for key in policy_keys {
+            self.option_reference(
+                options,
+                "options",
+                &key,
+                Expect::Kinds(&["security.policy"]),
+            );
+        }
+        if let Some(window) = options.get("api_auth.window").cloned() {
+            if crate::registry::duration::parse(&window).is_err() {
+                self.error(
+                    &["options", "api_auth.window"],
+                    format!("invalid duration {window:?}"),
                 );
             }
         }
@@ -1111,6 +1157,7 @@ fn router(cx: &mut Cx) -> EntryKind {
         "token_auth.store",
         Expect::Kinds(&["security.token_store"]),
     );
+    cx.api_auth_options(&middleware, &mut options);
     let post_middleware = cx.strings(&["post_middleware"]);
     cx.check_middleware(&["post_middleware"], &post_middleware, true);
     let post_options = cx.options(&["post_options"]);

@@ -2,8 +2,13 @@
 //! security context and the token store. Pure logic; the Lua bindings live in
 //! `lua::modules::security`.
 
+pub mod accounts;
 pub mod actor;
+pub mod digest;
+pub mod internal_token;
+pub mod password;
 pub mod policy;
+pub mod request_signing;
 pub mod scope;
 pub mod token;
 

@@ -1,4 +1,5 @@
 //! HTTP middleware named in `http.router` entries.
 
+pub mod api_auth;
 pub mod cors;
 pub mod token_auth;

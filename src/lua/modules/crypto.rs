@@ -5,6 +5,7 @@
 use crate::lua::errors::{fail, ok};
 use crate::lua::modules::json;
 use crate::process::value::ErrorKind;
+use crate::security::digest::{constant_time_eq, hex_decode, hex_encode};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -19,20 +20,6 @@ const MAX_PBKDF2_LEN: i64 = 1_048_576;
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 type LuaRet = mlua::Result<(Value, Value)>;
-
-/// HMAC-SHA256 of `data` under `key`, lowercase hex (webhook/API signatures elsewhere in the crate).
-pub fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
-    hex_encode(&hmac_bytes::<Hmac<Sha256>>(key, data))
-}
-
-/// Equality whose running time depends only on the lengths, not on where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
 
 pub fn loader(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -260,26 +247,6 @@ fn hmac_fn<M: Mac + hmac::digest::KeyInit>(lua: &Lua, args: MultiValue, name: &s
         return fail(lua, ErrorKind::Invalid, "HMAC key must not be empty");
     }
     ok(lua, hex_encode(&hmac_bytes::<M>(&key, &data)))
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for &x in b {
-        s.push(DIGITS[(x >> 4) as usize] as char);
-        s.push(DIGITS[(x & 0xf) as usize] as char);
-    }
-    s
-}
-
-fn hex_decode(s: &[u8]) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    s.chunks(2)
-        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
-        .collect()
 }
 
 // ---- pbkdf2 -----------------------------------------------------------------------------
@@ -570,20 +537,6 @@ fn verify_token(
 mod tests {
     use super::*;
     use crate::lua::modules::json::testing::{run, run_script, state};
-
-    #[test]
-    fn rust_helpers() {
-        // RFC 4231 test case 2.
-        assert_eq!(
-            hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?"),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert_eq!(hex_decode(b"00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(hex_decode(b"0g"), None);
-    }
 
     #[test]
     fn pbkdf2_matches_rfc_7914_vectors() {

@@ -5,6 +5,7 @@ pub mod crypto;
 pub mod http;
 pub mod json;
 pub mod logger;
+pub mod metrics;
 pub mod process;
 pub mod security;
 pub mod sql;
@@ -28,6 +29,7 @@ pub fn load(lua: &Lua, name: &str) -> mlua::Result<Option<Table>> {
         "security" => security::loader(lua)?,
         "store" => store::loader(lua)?,
         "http" => http::loader(lua)?,
+        "metrics" => metrics::loader(lua)?,
         _ => return Ok(None),
     }))
 }
