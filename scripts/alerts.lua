@@ -6,8 +6,9 @@ local json = require("json")
 local logger = require("logger")
 local time = require("time")
 
--- If no price arrives for this long the ticker has probably restarted: subscribe again.
-local RESUBSCRIBE_AFTER = 2
+-- Checked this often: no price since the last check means the ticker was not there yet or
+-- has restarted (a new pid without our subscription), so subscribe again.
+local WATCHDOG = "500ms"
 local COLUMNS = "id, user_id, symbol, direction, price, status, created_at, fired_at, fired_price"
 
 local state = {
@@ -15,7 +16,7 @@ local state = {
     watchers = {},  -- user_id -> {handler_pid -> client_pid}
     owners = {},    -- handler_pid -> user_id
     prices = {},    -- symbol -> last price
-    last_tick = 0,
+    ticks_since_check = 0,
 }
 
 local function with_db(fn)
@@ -53,7 +54,6 @@ end
 
 local function subscribe()
     process.send("ticker", "subscribe", {client_pid = process.pid(), handler_pid = process.pid()})
-    state.last_tick = time.now():unix()
 end
 
 local function reply(to, ref_id, body)
@@ -62,7 +62,10 @@ local function reply(to, ref_id, body)
 end
 
 local function create(req)
-    if state.prices[req.symbol] == nil and next(state.prices) ~= nil then
+    if next(state.prices) == nil then
+        return reply(req.reply_to, req.ref_id, {unavailable = "no prices yet; try again shortly"})
+    end
+    if state.prices[req.symbol] == nil then
         return reply(req.reply_to, req.ref_id, {error = "unknown symbol " .. tostring(req.symbol)})
     end
     local now = os.time()
@@ -157,7 +160,7 @@ local function on_prices(frame)
     if type(snapshot) ~= "table" or snapshot.type ~= "ticker" then
         return
     end
-    state.last_tick = time.now():unix()
+    state.ticks_since_check = state.ticks_since_check + 1
     for _, update in ipairs(snapshot.data or {}) do
         state.prices[update.symbol] = update.price
     end
@@ -188,7 +191,7 @@ local function main()
     subscribe()
     local inbox = process.inbox()
     local events = process.events()
-    local watchdog = time.ticker("500ms")
+    local watchdog = time.ticker(WATCHDOG)
     local checks = watchdog:response()
     while true do
         local r = channel.select {inbox:case_receive(), events:case_receive(), checks:case_receive()}
@@ -204,8 +207,11 @@ local function main()
             elseif r.value.kind == process.event.CANCEL then
                 return 0
             end
-        elseif time.now():unix() - state.last_tick > RESUBSCRIBE_AFTER then
-            subscribe()
+        else
+            if state.ticks_since_check == 0 then
+                subscribe()
+            end
+            state.ticks_since_check = 0
         end
     end
 end

@@ -42,6 +42,9 @@ local function handler()
     if not answer then
         return api.reply_call_failure(res, ref_id, err)
     end
+    if answer.unavailable then
+        return api.reply(res, http.STATUS.SERVICE_UNAVAILABLE, {error = answer.unavailable, ref_id = ref_id})
+    end
     if answer.error then
         return api.reply(res, http.STATUS.BAD_REQUEST, {error = answer.error, ref_id = ref_id})
     end

@@ -919,9 +919,7 @@ impl Server {
         port: Option<u16>,
         deadline: Instant,
     ) -> Result<Server, String> {
-        let mut cmd = Command::new(
-            std::env::var("MOONWIRE_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_moonwire").into()),
-        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moonwire"));
         cmd.args(["run", "--registry"])
             .arg(registry)
             .arg("--no-watch")

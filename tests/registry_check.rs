@@ -78,7 +78,7 @@ fn app_registry_passes() {
     }
     let out = check(root.path());
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
-    assert_eq!(out.stdout.trim(), "ok: 19 entries");
+    assert_eq!(out.stdout.trim(), "ok: 21 entries");
 }
 
 /// The tutorial's layout keeps scripts beside `_index.yaml`: only the `file://` paths change.
@@ -92,7 +92,7 @@ fn app_with_scripts_beside_the_registry_passes() {
     }
     let out = check(root.path());
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
-    assert_eq!(out.stdout.trim(), "ok: 19 entries");
+    assert_eq!(out.stdout.trim(), "ok: 21 entries");
 }
 
 const BROKEN: &str = "\

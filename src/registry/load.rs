@@ -1618,7 +1618,7 @@ mod tests {
     fn tutorial_registry_loads_with_spec_defaults() {
         let root = tutorial();
         let reg = load_ok(root.path());
-        assert_eq!(reg.entries().len(), 19);
+        assert_eq!(reg.entries().len(), 21);
         assert!(reg.warnings().is_empty(), "{:?}", reg.warnings());
         let kind = |name: &str| &reg.get(&id(name)).unwrap().kind;
 
@@ -1659,7 +1659,7 @@ mod tests {
             (r.server.clone(), r.prefix.as_str()),
             (id("gateway"), "/ws")
         );
-        assert_eq!(r.middleware, ["cors", "token_auth"]);
+        assert_eq!(r.middleware, ["cors", "token_auth", "metrics"]);
         assert_eq!(r.options["token_auth.store"], "app:tokens");
         assert_eq!(r.options["cors.allow.origins"], "*");
         assert_eq!(r.post_middleware, ["websocket_relay"]);
@@ -1700,7 +1700,7 @@ mod tests {
         assert_eq!(p.groups, [id("user")]);
 
         let watched = reg.watched_files();
-        assert_eq!(watched.len(), 6, "{watched:?}");
+        assert_eq!(watched.len(), 7, "{watched:?}");
         assert!(watched.iter().any(|p| p.ends_with("registry/_index.yaml")));
         assert!(watched
             .iter()
@@ -1713,7 +1713,7 @@ mod tests {
         let reg = load_ok(root.path());
         let order: Vec<String> = reg.start_order().iter().map(|i| i.to_string()).collect();
         let pos = |s: &str| order.iter().position(|o| o == s).unwrap();
-        assert_eq!(order.len(), 19);
+        assert_eq!(order.len(), 21);
         assert!(pos("app:token_data") < pos("app:tokens"));
         for resource in [
             "app:db",

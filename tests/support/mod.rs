@@ -353,3 +353,110 @@ pub fn token(addr: SocketAddr, key: &str) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["token"].as_str().unwrap().to_string()
 }
+
+/// Runs a `moonwire` subcommand (`users`, `keys`, `tokens`…) in `dir`; returns (success, stdout, stderr).
+pub fn cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_moonwire"))
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A key made by `moonwire keys create`.
+pub struct ApiKey {
+    pub api_key: String,
+    pub secret: String,
+}
+
+/// Creates a user with `password` (if new) and a key with `permissions` for it.
+pub fn create_key(dir: &Path, email: &str, password: &str, permissions: &str) -> ApiKey {
+    let (_, _, _) = cli(
+        dir,
+        &["users", "create", "--email", email, "--password", password],
+        &[],
+    );
+    let (ok, out, err) = cli(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--user",
+            email,
+            "--permissions",
+            permissions,
+        ],
+        &[],
+    );
+    assert!(ok, "keys create failed: {err}");
+    let value = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    ApiKey {
+        api_key: value("api_key:"),
+        secret: value("secret:"),
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Hex HMAC-SHA256 over `METHOD\npath?query\ntimestamp\nbody`, computed here independently of
+/// the server's code.
+pub fn signature(secret: &str, method: &str, target: &str, timestamp: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{method}\n{target}\n{timestamp}\n").as_bytes());
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A request signed with `key` at `timestamp`.
+pub fn signed_request(
+    addr: SocketAddr,
+    key: &ApiKey,
+    method: &str,
+    target: &str,
+    body: &[u8],
+    timestamp: i64,
+) -> HttpResponse {
+    let ts = timestamp.to_string();
+    let sig = signature(&key.secret, method, target, &ts, body);
+    request(
+        addr,
+        method,
+        target,
+        &[
+            ("API-Key", &key.api_key),
+            ("API-Timestamp", &ts),
+            ("API-Signature", &sig),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+}
+
+pub fn basic(email: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{email}:{password}"))
+    )
+}
