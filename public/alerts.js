@@ -10,6 +10,7 @@ const MAX_ALERTS = 200; // a misbehaving server must not grow the DOM without bo
 const DIRECTIONS = ['above', 'below'];
 
 const $ = (id) => document.getElementById(id);
+const finite = (v) => typeof v === 'number' && Number.isFinite(v);
 const el = {
   panel: $('alerts'),
   note: $('alert-note'),
@@ -99,9 +100,11 @@ export async function signedIn(getToken) {
   await loadList();
 }
 
-/** The socket is live again after a drop: frames may have been missed, so reload the list. */
+/** The socket is live again after a drop: frames may have been missed, so reload the list
+ * (or retry GET /api/me if that failed). */
 export function refresh() {
   if (state.mode === 'trade' || state.mode === 'readonly') loadList();
+  else if (state.mode === 'error' && state.getToken) signedIn(state.getToken);
 }
 
 /** Disconnect: keep the list on screen, but nothing can be changed until the next Connect. */
@@ -326,7 +329,7 @@ function render() {
 }
 
 function describeAlert(a) {
-  const price = Number.isFinite(Number(a.price)) ? fmtPrice(Number(a.price)) : '?';
+  const price = finite(a.price) ? fmtPrice(a.price) : '?';
   return `${a.symbol ?? '?'} ${a.direction === 'below' ? 'below' : 'above'} ${price}`;
 }
 
@@ -367,15 +370,14 @@ function alertRow(a, showDelete, canDelete) {
 
 function firedDetail(a) {
   if (a.status !== 'fired') return '';
-  const at = Number.isFinite(Number(a.fired_price)) ? ` at ${fmtPrice(Number(a.fired_price))}` : '';
-  return `${at}${a.fired_at ? ` · ${timeOf(a.fired_at)}` : ''}`.trim();
+  const at = finite(a.fired_price) ? ` at ${fmtPrice(a.fired_price)}` : '';
+  const when = timeOf(a.fired_at);
+  return `${at}${when ? ` · ${when}` : ''}`.trim();
 }
 
 /** Unix seconds or milliseconds → local time of day. */
 function timeOf(t) {
-  const n = Number(t);
-  if (!Number.isFinite(n)) return '';
-  return new Date(n < 1e12 ? n * 1000 : n).toLocaleTimeString();
+  return finite(t) ? new Date(t < 1e12 ? t * 1000 : t).toLocaleTimeString() : '';
 }
 
 /** Highlights a row for a moment; render() keeps the highlight across list rebuilds. */
@@ -388,7 +390,7 @@ function flashRow(id) {
 }
 
 function showToast(a) {
-  const now = Number.isFinite(Number(a.fired_price)) ? ` — now ${fmtPrice(Number(a.fired_price))}` : '';
+  const now = finite(a.fired_price) ? ` — now ${fmtPrice(a.fired_price)}` : '';
   el.toastText.textContent = `Alert fired: ${describeAlert(a)}${now}`;
   el.toast.dataset.alertId = String(a.id);
   el.toast.hidden = false;

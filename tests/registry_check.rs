@@ -78,7 +78,7 @@ fn app_registry_passes() {
     }
     let out = check(root.path());
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
-    assert_eq!(out.stdout.trim(), "ok: 21 entries");
+    assert_eq!(out.stdout.trim(), "ok: 37 entries");
 }
 
 /// The tutorial's layout keeps scripts beside `_index.yaml`: only the `file://` paths change.
@@ -92,7 +92,7 @@ fn app_with_scripts_beside_the_registry_passes() {
     }
     let out = check(root.path());
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
-    assert_eq!(out.stdout.trim(), "ok: 21 entries");
+    assert_eq!(out.stdout.trim(), "ok: 37 entries");
 }
 
 const BROKEN: &str = "\
@@ -178,7 +178,7 @@ fn broken_registry_lists_every_problem() {
             "registry/_index.yaml:17: entry app:mem: field `cleanup_interval`: invalid duration \"soon\" (expected Go syntax like \"500ms\" or \"1h30m\")",
             "registry/_index.yaml:29: entry app:missing: field `source`: file not found: scripts/missing.lua",
             "registry/_index.yaml:34: entry app:worker-service: field `process`: `app:mem` is a store.memory, expected process.lua",
-            "registry/_index.yaml:47: entry app:router: field `middleware[1]`: unknown middleware `rate_limit` (known: cors, metrics, token_auth, websocket_relay)",
+            "registry/_index.yaml:47: entry app:router: field `middleware[1]`: unknown middleware `rate_limit` (known: api_auth, cors, metrics, token_auth, websocket_relay)",
             "registry/_index.yaml:50: entry app:mystery: field `kind`: unknown kind `queue.kafka` (known: db.sql.sqlite, store.memory, security.token_store, security.policy, process.host, process.lua, function.lua, process.service, http.service, http.router, http.endpoint, fs.directory, http.static)",
             "registry/_index.yaml:52: entry app:a: dependency cycle: app:a -> app:b -> app:a",
             "registry/worker.lua:4: entry app:worker: syntax error: 'end' expected (to close 'function' at line 1) near 'return'",

@@ -1618,7 +1618,7 @@ mod tests {
     fn tutorial_registry_loads_with_spec_defaults() {
         let root = tutorial();
         let reg = load_ok(root.path());
-        assert_eq!(reg.entries().len(), 21);
+        assert_eq!(reg.entries().len(), 37);
         assert!(reg.warnings().is_empty(), "{:?}", reg.warnings());
         let kind = |name: &str| &reg.get(&id(name)).unwrap().kind;
 
@@ -1700,7 +1700,7 @@ mod tests {
         assert_eq!(p.groups, [id("user")]);
 
         let watched = reg.watched_files();
-        assert_eq!(watched.len(), 7, "{watched:?}");
+        assert_eq!(watched.len(), 14, "{watched:?}");
         assert!(watched.iter().any(|p| p.ends_with("registry/_index.yaml")));
         assert!(watched
             .iter()
@@ -1713,7 +1713,7 @@ mod tests {
         let reg = load_ok(root.path());
         let order: Vec<String> = reg.start_order().iter().map(|i| i.to_string()).collect();
         let pos = |s: &str| order.iter().position(|o| o == s).unwrap();
-        assert_eq!(order.len(), 21);
+        assert_eq!(order.len(), 37);
         assert!(pos("app:token_data") < pos("app:tokens"));
         for resource in [
             "app:db",
@@ -1917,7 +1917,7 @@ mod tests {
             [
                 "registry/_index.yaml:5: entry app:web: field `addr`: invalid address \"8081\" (expected `host:port` or `:port`)",
                 "registry/_index.yaml:10: entry app:web2: field `tls.mode`: TLS is not supported; terminate TLS in front of moonwire",
-                "registry/_index.yaml:20: entry app:r1: field `middleware[1]`: unknown middleware `gzip` (known: cors, metrics, token_auth, websocket_relay)",
+                "registry/_index.yaml:20: entry app:r1: field `middleware[1]`: unknown middleware `gzip` (known: api_auth, cors, metrics, token_auth, websocket_relay)",
                 "registry/_index.yaml:20: entry app:r1: field `middleware[2]`: `websocket_relay` is not a pre-match middleware; list it under `post_middleware`",
                 "registry/_index.yaml:21: entry app:r1: field `post_middleware[0]`: `token_auth` is not a post-match middleware; list it under `middleware`",
                 "registry/_index.yaml:25: entry app:r2: field `prefix`: prefix \"/api\" is already used by app:r0 on server app:web2",
@@ -2188,6 +2188,26 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let got = lines(root.path(), &load_env(root.path(), &[]).unwrap_err());
         assert_eq!(got, ["registry: registry directory not found"]);
+    }
+
+    #[test]
+    fn api_auth_options_are_checked() {
+        let got = errors(
+            "namespace: app\nentries:\n\
+             \x20 - name: web\n    kind: http.service\n    addr: ':0'\n\
+             \x20 - name: mem\n    kind: store.memory\n\
+             \x20 - name: r1\n    kind: http.router\n    meta: {server: web}\n    middleware: [api_auth]\n\
+             \x20 - name: r2\n    kind: http.router\n    meta: {server: web}\n    prefix: /v2\n    middleware: [api_auth]\n    options:\n      api_auth.db: mem\n      api_auth.policy.read: nope\n      api_auth.window: soon\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "registry/_index.yaml:8: entry app:r1: field `options`: `api_auth` needs option `api_auth.db` (a db.sql.sqlite entry)",
+                "registry/_index.yaml:18: entry app:r2: field `options.api_auth.db`: `app:mem` is a store.memory, expected db.sql.sqlite",
+                "registry/_index.yaml:19: entry app:r2: field `options.api_auth.policy.read`: unknown entry `app:nope`",
+                "registry/_index.yaml:20: entry app:r2: field `options.api_auth.window`: invalid duration \"soon\"",
+            ]
+        );
     }
 
     #[test]
