@@ -422,3 +422,40 @@ fn internal_tokens_verify_without_a_store_and_survive_restarts() {
     );
     assert_eq!(r.status, 401);
 }
+
+#[test]
+fn repeated_failures_are_answered_429() {
+    let dir = app_project();
+    let index = dir.path().join("registry/_index.yaml");
+    let yaml = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(
+        &index,
+        yaml.replace(
+            "      api_auth.window: 30s\n",
+            "      api_auth.window: 30s\n      api_auth.max_failures: 3\n",
+        ),
+    )
+    .unwrap();
+    let mw = Moonwire::start(dir.path(), true);
+    let key = mw.demo_key();
+    let addr = mw.addr();
+    let wrong = basic("nobody@example.com", "guess");
+    // Refusals by the middleware and by the token script both count.
+    for _ in 0..2 {
+        assert_eq!(
+            request(addr, "GET", "/api/me", &[("Authorization", &wrong)], b"").status,
+            401
+        );
+    }
+    assert_eq!(
+        support::post_json(addr, "/auth/token", &json!({"api_key": "guess"})).status,
+        401
+    );
+    let r = support::post_json(addr, "/auth/token", &json!({ "api_key": key }));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(error(&r).contains("too many failed authentication attempts"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Public data stays reachable.
+    assert_eq!(request(addr, "GET", "/api/ticker", &[], b"").status, 200);
+}

@@ -448,7 +448,7 @@ const ALERTS: &str = "(() => { const $ = (id) => document.getElementById(id); \
           text: r.textContent.trim(), deleteShown: vis(b), deleteEnabled: vis(b) && !b.disabled }; }), \
       toast: vis(t) ? { id: Number(t.dataset.alertId), text: t.textContent.trim() } : null }; })()";
 
-fn alert_row<'a>(v: &'a Value, id: u64) -> Option<&'a Value> {
+fn alert_row(v: &Value, id: u64) -> Option<&Value> {
     v["rows"].as_array()?.iter().find(|r| r["id"] == id)
 }
 

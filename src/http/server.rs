@@ -2,7 +2,7 @@
 //! hyper serves it and endpoint handlers run on that worker's Lua state without a thread hop.
 //! Maps every outcome (no route, body too large, Lua error, no response) to a JSON answer.
 
-use crate::http::middleware::api_auth::AuthOutcome;
+use crate::http::middleware::api_auth::{ApiAuth, AuthOutcome};
 use crate::http::router::{Chain, Match, RouteTable, Target};
 use crate::http::ws_relay;
 use crate::lua::modules::http::{parse_query, HttpFrame, ResponseState};
@@ -286,6 +286,25 @@ async fn endpoint(
         }
     };
     if let Some(auth) = &chain.api_auth {
+        // A blocked address may still read public data: only attempts that could be guesses
+        // (credentials, or a body such as /auth/token's) are held back.
+        let may_guess = !matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD)
+            || ApiAuth::carries_credentials(&parts.headers);
+        if let Some(secs) = may_guess
+            .then(|| {
+                auth.limiter
+                    .retry_after(peer.ip(), std::time::Instant::now())
+            })
+            .flatten()
+        {
+            let mut r = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentication attempts; retry later",
+            );
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
         let target = parts
             .uri
             .path_and_query()
@@ -304,6 +323,8 @@ async fn endpoint(
             AuthOutcome::Authenticated(ctx) => security = Arc::new(ctx),
             AuthOutcome::Refused(reason) => {
                 tracing::info!(endpoint = %entry, peer = %peer, reason = %reason, "api_auth refused a request");
+                auth.limiter
+                    .record_failure(peer.ip(), std::time::Instant::now());
                 return error_response(StatusCode::UNAUTHORIZED, &reason);
             }
         }
@@ -347,7 +368,15 @@ async fn endpoint(
         }
     }
     if out.touched {
-        return build_response(out);
+        let resp = build_response(out);
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // A script's own refusal (an unknown API key on /auth/token) counts as a failure too.
+            if let Some(auth) = &chain.api_auth {
+                auth.limiter
+                    .record_failure(peer.ip(), std::time::Instant::now());
+            }
+        }
+        return resp;
     }
     match result {
         ExitResult::Error(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e),

@@ -16,8 +16,10 @@
 //! Options (router `options`): `api_auth.db` (required), `api_auth.token_store`,
 //! `api_auth.policy.read`, `api_auth.policy.trade`, `api_auth.window` (`30s`),
 //! `api_auth.secret_key` (master key API-key secrets are derived under),
-//! `api_auth.internal_key` (key of internal tokens; empty refuses them).
+//! `api_auth.internal_key` (key of internal tokens; empty refuses them),
+//! `api_auth.max_failures` (`30`: refused requests per address per minute before 429s).
 
+use crate::http::middleware::auth_limiter::AuthLimiter;
 use crate::registry::kinds::EntryId;
 use crate::runtime::Node;
 use crate::security::accounts::{self, KeyRecord};
@@ -29,6 +31,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 const DEFAULT_WINDOW_SECS: i64 = 30;
+const DEFAULT_MAX_FAILURES: u32 = 30;
+const SIGNATURE_HEADERS: [&str; 3] = ["api-key", "api-timestamp", "api-signature"];
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Signatures seen recently. Process-wide rather than per router so a registry reload, which
 /// rebuilds every route chain, cannot reopen the replay window.
@@ -43,6 +48,8 @@ pub struct ApiAuth {
     window: i64,
     secret_key: Arc<[u8]>,
     internal_key: Option<Arc<[u8]>>,
+    /// Shared by the chains built from one registry load; a reload starts it afresh.
+    pub limiter: Arc<AuthLimiter>,
 }
 
 impl std::fmt::Debug for ApiAuth {
@@ -116,6 +123,12 @@ impl ApiAuth {
             window,
             secret_key: key("api_auth.secret_key").unwrap_or_else(|| Arc::from(&b""[..])),
             internal_key: key("api_auth.internal_key"),
+            limiter: Arc::new(AuthLimiter::new(
+                opts.get("api_auth.max_failures")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(DEFAULT_MAX_FAILURES),
+                FAILURE_WINDOW,
+            )),
         })
     }
 
@@ -132,6 +145,12 @@ impl ApiAuth {
         self.internal_key.as_deref()
     }
 
+    /// Whether the request presents any credential this middleware reads.
+    pub fn carries_credentials(headers: &HeaderMap) -> bool {
+        SIGNATURE_HEADERS.iter().any(|h| headers.contains_key(*h))
+            || headers.contains_key(hyper::header::AUTHORIZATION)
+    }
+
     pub async fn authenticate(
         &self,
         node: &Node,
@@ -140,10 +159,7 @@ impl ApiAuth {
         headers: &HeaderMap,
         body: &[u8],
     ) -> AuthOutcome {
-        if ["api-key", "api-timestamp", "api-signature"]
-            .iter()
-            .any(|h| headers.contains_key(*h))
-        {
+        if SIGNATURE_HEADERS.iter().any(|h| headers.contains_key(*h)) {
             return self
                 .signed(node, method, path_and_query, headers, body)
                 .await;
