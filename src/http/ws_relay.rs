@@ -258,25 +258,45 @@ fn outbound(msg: Message) -> Outbound {
 
 /// `ws.send`: a string payload or `{type, data}` becomes one frame, bytes shared not copied.
 fn raw_frame(payload: Value) -> WsMessage {
-    let (kind, data) = match &payload {
+    let (binary, data) = match &payload {
         Value::Table(_) => (
-            payload
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("text")
-                .to_string(),
+            payload.get("type").and_then(Value::as_str) == Some("binary"),
             payload.get("data").cloned().unwrap_or(Value::Nil),
         ),
-        _ => ("text".to_string(), payload.clone()),
+        _ => (false, payload),
     };
     match data {
-        Value::Str(bytes) if kind == "binary" => WsMessage::Binary(bytes),
-        Value::Str(bytes) => match Utf8Bytes::try_from(bytes.clone()) {
+        Value::Str(bytes) if binary => WsMessage::Binary(bytes),
+        Value::Str(bytes) => match shared_text(bytes) {
             Ok(text) => WsMessage::Text(text),
-            Err(_) => WsMessage::Binary(bytes),
+            Err(bytes) => WsMessage::Binary(bytes),
         },
         other => WsMessage::Text(Utf8Bytes::from(other.to_json().to_string())),
     }
+}
+
+thread_local! {
+    /// The last broadcast buffer validated as UTF-8 on this worker. A ticker sends one shared
+    /// `Bytes` to every client, so one check serves them all; holding the clone keeps the
+    /// buffer alive, so an equal pointer and length mean the same bytes.
+    static LAST_TEXT: std::cell::RefCell<Option<Utf8Bytes>> = const { std::cell::RefCell::new(None) };
+}
+
+fn shared_text(bytes: Bytes) -> Result<Utf8Bytes, Bytes> {
+    LAST_TEXT.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(text) = last.as_ref() {
+            let held: &[u8] = text.as_ref();
+            if held.as_ptr() == bytes.as_ptr() && held.len() == bytes.len() {
+                return Ok(text.clone());
+            }
+        }
+        let text = Utf8Bytes::try_from(bytes.clone()).map_err(|_| bytes)?;
+        if text.len() >= 64 {
+            *last = Some(text.clone());
+        }
+        Ok(text)
+    })
 }
 
 async fn run_connection<S>(state: Arc<ServerState>, ws: WebSocketStream<S>, mut plan: Plan)
@@ -300,7 +320,7 @@ where
         lifecycle(&pid, &plan, vec![]),
     );
 
-    let (mut sink, mut stream) = ws.split();
+    let mut ws = ws;
     let started = Instant::now();
     let mut frames_in: i64 = 0;
     let mut heartbeat =
@@ -315,7 +335,7 @@ where
 
     let reason: String = 'conn: loop {
         tokio::select! {
-            frame = stream.next() => {
+            frame = ws.next() => {
                 last_seen = Instant::now();
                 match frame {
                     Some(Ok(WsMessage::Text(t))) => {
@@ -336,13 +356,13 @@ where
                     Some(Ok(WsMessage::Close(_))) => {
                         // tungstenite queued the close reply; send it, or the client sees an
                         // abnormal closure (1006) instead of completing the closing handshake.
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
                         break 'conn "client closed".to_string();
                     }
                     None => break 'conn "client closed".to_string(),
                     Some(Ok(_)) => {}
                     Some(Err(tungstenite::Error::Capacity(e))) => {
-                        let _ = sink.send(close_frame(CloseCode::Size, "frame too large")).await;
+                        let _ = ws.send(close_frame(CloseCode::Size, "frame too large")).await;
                         break 'conn format!("server closed: {e}");
                     }
                     Some(Err(e)) => break 'conn format!("client closed: {e}"),
@@ -350,14 +370,14 @@ where
             }
             _ = poll_fn(|cx| if proc.mailbox.register(cx.waker()) { Poll::Pending } else { Poll::Ready(()) }) => {
                 if let Some(r) = proc.mailbox.kill_reason() {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_frame(CloseCode::Normal, "terminated"))).await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(close_frame(CloseCode::Normal, "terminated"))).await;
                     break 'conn format!("server closed: {r}");
                 }
                 if proc.mailbox.overflowed() {
                     METRICS.ws_slow_client_drops.inc();
                     tracing::warn!(client_pid = %pid, queue = state.ws_buffer, "WebSocket client too slow; closing with 1013");
                     // The socket is likely full, so the close frame gets a short budget only.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(close_frame(CloseCode::Again, "client too slow"))).await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(close_frame(CloseCode::Again, "client too slow"))).await;
                     break 'conn "server closed: client too slow".to_string();
                 }
                 proc.mailbox.drain(&mut batch);
@@ -389,24 +409,31 @@ where
                 // A client that stops reading blocks the write (feed waits for socket space).
                 // Meanwhile its queue keeps filling: watch for the overflow so it is closed
                 // with 1013 at once instead of after WRITE_TIMEOUT, or never.
-                let write = async {
-                    for f in frames.drain(..) {
-                        sink.feed(f).await?;
-                    }
-                    sink.flush().await
-                };
-                let overflow = async {
-                    loop {
-                        tokio::time::sleep(STALL_CHECK).await;
-                        if proc.mailbox.overflowed() {
-                            break;
+                let written = {
+                    let write = async {
+                        for f in frames.drain(..) {
+                            ws.feed(f).await?;
                         }
+                        ws.flush().await
+                    };
+                    let overflow = async {
+                        loop {
+                            tokio::time::sleep(STALL_CHECK).await;
+                            if proc.mailbox.overflowed() {
+                                break;
+                            }
+                        }
+                    };
+                    // Most writes finish at once (the socket has room): no timers for those.
+                    let mut write = std::pin::pin!(write);
+                    match poll_fn(|cx| Poll::Ready(std::future::Future::poll(write.as_mut(), cx))).await {
+                        Poll::Ready(r) => Some(Ok(r)),
+                        Poll::Pending => tokio::select! {
+                            biased;
+                            r = tokio::time::timeout(WRITE_TIMEOUT, write) => Some(r),
+                            () = overflow => None,
+                        },
                     }
-                };
-                let written = tokio::select! {
-                    biased;
-                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => Some(r),
-                    () = overflow => None,
                 };
                 frames.clear();
                 match written {
@@ -422,7 +449,7 @@ where
                 };
                 if let Some(r) = closing {
                     let target_exited = r == "target process exited";
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_frame(CloseCode::Normal, &r))).await;
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(close_frame(CloseCode::Normal, &r))).await;
                     break 'conn if target_exited { r } else { format!("server closed: {r}") };
                 }
             }
@@ -433,15 +460,15 @@ where
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > idle_limit {
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(close_frame(CloseCode::Away, "idle timeout"))).await;
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(close_frame(CloseCode::Away, "idle timeout"))).await;
                     break 'conn "server closed: idle timeout".to_string();
                 }
-                if tokio::time::timeout(WRITE_TIMEOUT, sink.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
+                if tokio::time::timeout(WRITE_TIMEOUT, ws.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
                     break 'conn "server closed: write timeout".to_string();
                 }
             }
             _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_frame(CloseCode::Away, "server shutting down"))).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(close_frame(CloseCode::Away, "server shutting down"))).await;
                 break 'conn "server closed: shutdown".to_string();
             }
         }
