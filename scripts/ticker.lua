@@ -33,11 +33,9 @@ local function snapshot()
     return json.encode({type = "ticker", data = updates})
 end
 
+-- One conversion of the frame, shared by every subscriber's queue.
 local function broadcast(frame)
-    local message = {type = "text", data = frame}
-    for _, client_pid in pairs(subscriptions) do
-        process.send(client_pid, "ws.send", message)
-    end
+    process.broadcast(subscriptions, "ws.send", {type = "text", data = frame})
 end
 
 local function on_message(msg)

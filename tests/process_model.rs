@@ -14,7 +14,13 @@ const T: Duration = Duration::from_secs(10);
 fn send_receive_payload_shapes_and_several_payloads() {
     let run = harness::start("proc_send");
     run.expect_pass(
-        &["send.shapes", "send.listen", "send.refusals", "send.echo"],
+        &[
+            "send.shapes",
+            "send.broadcast",
+            "send.listen",
+            "send.refusals",
+            "send.echo",
+        ],
         T,
     );
 }

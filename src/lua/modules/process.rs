@@ -274,6 +274,74 @@ fn send(
     ok(lua, true)
 }
 
+/// `process.broadcast(dests, topic, ...)`: `send` to every value of the table `dests` (an
+/// array of pids, or a map whose values are pids), converting the payload once and sharing it.
+/// Destinations that are not found or not permitted are skipped; returns how many were sent
+/// to. Each destination gets exactly what `send` would have given it.
+fn broadcast(
+    lua: &Lua,
+    (dests, topic, payloads): (mlua::Table, mlua::Value, Variadic<mlua::Value>),
+) -> mlua::Result<LuaPair> {
+    let ctx = context::require_current()?;
+    let Some(topic) = with_str_arg(lua, 2, &topic, |t| {
+        (!t.starts_with('@')).then(|| topic_arc(t))
+    })?
+    else {
+        return fail(
+            lua,
+            ErrorKind::Invalid,
+            "topics starting with @ are reserved",
+        );
+    };
+    let mut values = Vec::with_capacity(payloads.len());
+    for p in payloads.iter() {
+        match payload_value(p) {
+            Ok(v) => values.push(v),
+            Err(e) => return fail(lua, e.kind, e.message),
+        }
+    }
+    let unchecked = context::decided_without_policies();
+    let meta = unchecked.is_none().then(|| pid_meta(&ctx));
+    let mut sent: i64 = 0;
+    for pair in dests.pairs::<mlua::Value, mlua::Value>() {
+        let (_, dest) = pair?;
+        let resolved = match &dest {
+            mlua::Value::String(s) => match s.to_str() {
+                Ok(d) => resolve_entry(&ctx, &d),
+                Err(_) => continue,
+            },
+            other => match dest_arg(other) {
+                Ok(d) => resolve_entry(&ctx, &d),
+                Err(_) => continue,
+            },
+        };
+        let Ok((pid, target)) = resolved else {
+            continue;
+        };
+        let allowed = unchecked.unwrap_or_else(|| {
+            context::allowed_with_meta(
+                "process.send",
+                &pid.to_string(),
+                meta.as_ref().expect("meta is built when policies decide"),
+            )
+        });
+        if !allowed {
+            continue;
+        }
+        if let Some(target) = target {
+            target
+                .mailbox
+                .push(crate::process::pid::Signal::Message(Message {
+                    from: Some(ctx.pid().clone()),
+                    topic: topic.clone(),
+                    payloads: values.clone(),
+                }));
+        }
+        sent += 1;
+    }
+    ok(lua, sent)
+}
+
 /// `resolve`, keeping the live entry found on the way (`Err` is the NOT_FOUND message).
 fn resolve_entry(
     ctx: &ProcCtx,
@@ -647,6 +715,7 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
         lua.create_function(|_, ()| Ok(context::require_current()?.code.entry.to_string()))?,
     )?;
     p.set("send", lua.create_function(send)?)?;
+    p.set("broadcast", lua.create_function(broadcast)?)?;
     for (name, mode) in [
         (
             "spawn",
