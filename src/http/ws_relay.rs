@@ -323,13 +323,18 @@ where
     let mut ws = ws;
     let started = Instant::now();
     let mut frames_in: i64 = 0;
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + plan.heartbeat, plan.heartbeat);
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    // One timer for both the heartbeat and the keepalive ping, and one shutdown future, kept
+    // across iterations: a connection wakes once per outbound message, and re-creating timers
+    // and futures on every wake-up was a measurable share of fan-out cost.
+    let mut heartbeat_due = tokio::time::Instant::now() + plan.heartbeat;
+    let mut ping_due = tokio::time::Instant::now() + PING_INTERVAL;
+    let timer = tokio::time::sleep_until(heartbeat_due.min(ping_due));
+    tokio::pin!(timer);
     let idle_limit = state.idle_timeout.unwrap_or(PING_INTERVAL * 3);
     let mut last_seen = Instant::now();
     let mut shutdown = state.shutdown.clone();
+    let shutdown_changed = shutdown.changed();
+    tokio::pin!(shutdown_changed);
     let mut batch: Vec<Signal> = Vec::new();
     let mut frames: Vec<WsMessage> = Vec::new();
 
@@ -393,7 +398,10 @@ where
                             Outbound::Close(r) => {
                                 closing.get_or_insert(r);
                             }
-                            Outbound::Control(c) => apply_control(&state, &pid, &mut plan, &mut heartbeat, c),
+                            Outbound::Control(c) => {
+                                apply_control(&state, &pid, &mut plan, &mut heartbeat_due, c);
+                                timer.as_mut().reset(heartbeat_due.min(ping_due));
+                            }
                         },
                         Signal::Event(Event::Exit { from, .. }) if from == plan.target => {
                             closing.get_or_insert_with(|| "target process exited".to_string());
@@ -453,21 +461,27 @@ where
                     break 'conn if target_exited { r } else { format!("server closed: {r}") };
                 }
             }
-            _ = heartbeat.tick() => {
-                let uptime = crate::registry::duration::format(started.elapsed());
-                tell(&state, &pid, &plan.target, "ws.heartbeat",
-                    lifecycle(&pid, &plan, vec![("uptime", Value::str(uptime)), ("message_count", Value::Int(frames_in))]));
-            }
-            _ = ping.tick() => {
-                if last_seen.elapsed() > idle_limit {
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(close_frame(CloseCode::Away, "idle timeout"))).await;
-                    break 'conn "server closed: idle timeout".to_string();
+            () = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if now >= heartbeat_due {
+                    heartbeat_due = now + plan.heartbeat;
+                    let uptime = crate::registry::duration::format(started.elapsed());
+                    tell(&state, &pid, &plan.target, "ws.heartbeat",
+                        lifecycle(&pid, &plan, vec![("uptime", Value::str(uptime)), ("message_count", Value::Int(frames_in))]));
                 }
-                if tokio::time::timeout(WRITE_TIMEOUT, ws.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
-                    break 'conn "server closed: write timeout".to_string();
+                if now >= ping_due {
+                    ping_due = now + PING_INTERVAL;
+                    if last_seen.elapsed() > idle_limit {
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(close_frame(CloseCode::Away, "idle timeout"))).await;
+                        break 'conn "server closed: idle timeout".to_string();
+                    }
+                    if tokio::time::timeout(WRITE_TIMEOUT, ws.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
+                        break 'conn "server closed: write timeout".to_string();
+                    }
                 }
+                timer.as_mut().reset(heartbeat_due.min(ping_due));
             }
-            _ = shutdown.changed() => {
+            _ = &mut shutdown_changed => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(close_frame(CloseCode::Away, "server shutting down"))).await;
                 break 'conn "server closed: shutdown".to_string();
             }
@@ -492,7 +506,7 @@ fn apply_control(
     state: &ServerState,
     pid: &Pid,
     plan: &mut Plan,
-    heartbeat: &mut tokio::time::Interval,
+    heartbeat_due: &mut tokio::time::Instant,
     control: Value,
 ) {
     if let Some(meta) = control.get("metadata") {
@@ -508,7 +522,7 @@ fn apply_control(
         .filter(|d| !d.is_zero())
     {
         plan.heartbeat = d;
-        *heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        *heartbeat_due = tokio::time::Instant::now() + d;
     }
     if let Some(target) = control
         .get("target_pid")
