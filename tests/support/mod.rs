@@ -59,48 +59,12 @@ impl Moonwire {
     }
 
     pub fn start_with(dir: &Path, expect_http: bool, env: &[(&str, &str)]) -> Moonwire {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moonwire"));
-        cmd.args([
-            "run",
-            "--registry",
-            "registry",
-            "--no-watch",
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .current_dir(dir)
-        .env("MOONWIRE_LOG", "info")
-        .env_remove("MOONWIRE_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start moonwire");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var("MOONWIRE_TEST_ECHO").is_ok() {
-                    eprintln!("[moonwire] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut mw = Moonwire {
-            child,
-            lines,
-            addr: None,
-            dir: dir.to_path_buf(),
-        };
-        if expect_http {
-            let line = mw.wait_for("listening", Duration::from_secs(20));
-            mw.addr = Some(field(&line, "addr").parse().expect("listening addr"));
-        }
-        mw
+        Self::launch(
+            dir,
+            expect_http,
+            &["--no-watch", "--addr", "127.0.0.1:0"],
+            env,
+        )
     }
 
     /// Like [`Moonwire::start`] but with hot reload on (no `--no-watch`), on an ephemeral port.

@@ -362,6 +362,38 @@ struct SpawnMode {
     monitor: bool,
 }
 
+/// The spawn functions of the `process` global and of Spawners, by name.
+const SPAWN_VARIANTS: [(&str, SpawnMode); 4] = [
+    (
+        "spawn",
+        SpawnMode {
+            link: false,
+            monitor: false,
+        },
+    ),
+    (
+        "spawn_monitored",
+        SpawnMode {
+            link: false,
+            monitor: true,
+        },
+    ),
+    (
+        "spawn_linked",
+        SpawnMode {
+            link: true,
+            monitor: false,
+        },
+    ),
+    (
+        "spawn_linked_monitored",
+        SpawnMode {
+            link: true,
+            monitor: true,
+        },
+    ),
+];
+
 /// What a Spawner adds to a spawn.
 #[derive(Clone, Default)]
 pub struct SpawnExtras {
@@ -662,36 +694,7 @@ impl UserData for Spawner {
             },
         );
         methods.add_method("with_context", |_, this, _: mlua::Value| Ok(this.clone()));
-        for (name, mode) in [
-            (
-                "spawn",
-                SpawnMode {
-                    link: false,
-                    monitor: false,
-                },
-            ),
-            (
-                "spawn_monitored",
-                SpawnMode {
-                    link: false,
-                    monitor: true,
-                },
-            ),
-            (
-                "spawn_linked",
-                SpawnMode {
-                    link: true,
-                    monitor: false,
-                },
-            ),
-            (
-                "spawn_linked_monitored",
-                SpawnMode {
-                    link: true,
-                    monitor: true,
-                },
-            ),
-        ] {
+        for (name, mode) in SPAWN_VARIANTS {
             methods.add_method(
                 name,
                 move |lua, this, (id, host, args): (String, String, Variadic<mlua::Value>)| {
@@ -716,36 +719,7 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     )?;
     p.set("send", lua.create_function(send)?)?;
     p.set("broadcast", lua.create_function(broadcast)?)?;
-    for (name, mode) in [
-        (
-            "spawn",
-            SpawnMode {
-                link: false,
-                monitor: false,
-            },
-        ),
-        (
-            "spawn_monitored",
-            SpawnMode {
-                link: false,
-                monitor: true,
-            },
-        ),
-        (
-            "spawn_linked",
-            SpawnMode {
-                link: true,
-                monitor: false,
-            },
-        ),
-        (
-            "spawn_linked_monitored",
-            SpawnMode {
-                link: true,
-                monitor: true,
-            },
-        ),
-    ] {
+    for (name, mode) in SPAWN_VARIANTS {
         p.set(
             name,
             lua.create_function(move |lua, args| {
