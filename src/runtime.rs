@@ -432,6 +432,7 @@ impl Runtime {
                     addr: opts.addr_override.clone().unwrap_or_else(|| h.addr.clone()),
                     baseline,
                     ws_buffer: h.buffer_size,
+                    max_connections: h.max_connections,
                     idle_timeout: h.idle_timeout,
                 };
                 match server::start(node.clone(), cfg, routes).await {
@@ -486,6 +487,7 @@ impl Runtime {
                         None => SecurityContext::default(),
                     }),
                     ws_buffer: h.buffer_size,
+                    max_connections: h.max_connections,
                     idle_timeout: h.idle_timeout,
                 };
                 let routes = build_routes(&node.snapshot().registry, &entry.id, &node.project_root);

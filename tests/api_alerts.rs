@@ -169,7 +169,10 @@ async fn an_alert_fires_once_on_the_owners_socket() {
     let addr = mw.addr();
     let t = token(addr, &mw.demo_key());
     let auth = bearer(&t);
-    let url = format!("ws://{addr}/ws/ticker?x-auth-token={}", urlencode(&t));
+    let url = format!(
+        "ws://{addr}/ws/ticker?x-auth-token={}",
+        support::urlencode(&t)
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .unwrap();
@@ -198,7 +201,10 @@ async fn an_alert_fires_once_on_the_owners_socket() {
     .await
     .unwrap();
     let other_t = other_token.json()["token"].as_str().unwrap().to_string();
-    let other_url = format!("ws://{addr}/ws/ticker?x-auth-token={}", urlencode(&other_t));
+    let other_url = format!(
+        "ws://{addr}/ws/ticker?x-auth-token={}",
+        support::urlencode(&other_t)
+    );
     let (mut other_ws, _) = tokio_tungstenite::connect_async(other_url.as_str())
         .await
         .unwrap();
@@ -287,15 +293,6 @@ mod support_ws {
     pub type Ws = tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
-}
-
-fn urlencode(t: &str) -> String {
-    t.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[test]

@@ -895,3 +895,91 @@ fn request_max_body_option_and_repeated_headers() {
     let r = get(addr, "/api/echo/1", &[("X-Thing", "a"), ("x-thing", "b")]);
     assert_eq!(r.json()["thing"], "a, b");
 }
+
+/// A keep-alive connection that has been served once (so the server has accepted it).
+fn served_keep_alive(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET /api/ticker HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s
+}
+
+/// Whether a new connection is closed by the server without an answer.
+fn refused(addr: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(format!("GET /api/ticker HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
+    let mut buf = [0u8; 64];
+    !matches!(s.read(&mut buf), Ok(n) if n > 0)
+}
+
+#[test]
+fn the_connection_limit_refuses_extra_connections_until_one_closes() {
+    let dir = support::app_project();
+    let index = dir.path().join("registry/_index.yaml");
+    let yaml = std::fs::read_to_string(&index).unwrap();
+    let yaml = yaml.replace(
+        "    kind: http.service\n    addr: \":8081\"\n",
+        "    kind: http.service\n    addr: \":8081\"\n    host:\n      max_connections: 3\n",
+    );
+    assert!(yaml.contains("max_connections: 3"));
+    std::fs::write(&index, yaml).unwrap();
+    let mw = Moonwire::start(dir.path(), true);
+    let addr = mw.addr();
+    let key = mw.demo_key();
+    let token = support::token(addr, &key);
+    let mut open: Vec<TcpStream> = (0..3).map(|_| served_keep_alive(addr)).collect();
+    assert!(refused(addr), "a fourth connection must be refused");
+    mw.wait_for("connection limit reached", Duration::from_secs(5));
+    open.pop();
+    // The server notices the close on its next read; give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let third = loop {
+        if let Ok(s) = std::panic::catch_unwind(|| served_keep_alive(addr)) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(third);
+    std::thread::sleep(Duration::from_millis(200));
+    // A WebSocket counts as one connection, before and after its upgrade.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!(
+        "ws://{addr}/ws/ticker?x-auth-token={}",
+        support::urlencode(&token)
+    );
+    let ws = rt
+        .block_on(tokio_tungstenite::connect_async(url.as_str()))
+        .unwrap()
+        .0;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        refused(addr),
+        "two keep-alives and a WebSocket fill the limit"
+    );
+    drop(ws);
+    drop(rt);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused(addr) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WebSocket's slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -43,6 +43,8 @@ pub struct ServerState {
     pub body_limit: usize,
     pub ws_buffer: usize,
     pub idle_timeout: Option<Duration>,
+    /// Open HTTP connections and WebSockets, against `host.max_connections`.
+    pub connections: Arc<ConnectionLimit>,
     /// Flips to true on shutdown: connections finish, WebSockets close with 1001.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -82,6 +84,55 @@ pub struct ServerConfig {
     pub baseline: Arc<SecurityContext>,
     pub ws_buffer: usize,
     pub idle_timeout: Option<Duration>,
+    pub max_connections: usize,
+}
+
+/// Counts open connections; a slot is held for a connection's whole life (an upgraded
+/// WebSocket takes its own before the HTTP connection's is released).
+pub struct ConnectionLimit {
+    max: usize,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// One open connection; frees its place when dropped.
+pub struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit {
+            max: max.max(1),
+            open: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        use std::sync::atomic::Ordering;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
+    }
+
+    /// A slot for a connection that already holds one and is about to release it (a WebSocket
+    /// taking over its HTTP connection): the count may exceed the limit by that one, briefly.
+    pub fn hand_over(self: &Arc<Self>) -> ConnectionSlot {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ConnectionSlot(self.clone())
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 pub async fn start(
@@ -101,6 +152,7 @@ pub async fn start(
         body_limit: BODY_LIMIT,
         ws_buffer: cfg.ws_buffer.max(1),
         idle_timeout: cfg.idle_timeout,
+        connections: ConnectionLimit::new(cfg.max_connections),
         shutdown: shutdown_rx,
     });
     let accept_state = state.clone();
@@ -115,6 +167,12 @@ pub async fn start(
                     continue;
                 }
             };
+            let Some(slot) = accept_state.connections.try_acquire() else {
+                // Closing at once tells the client to back off; serving it would take memory
+                // and a descriptor the limit exists to protect.
+                refused_connection(&accept_state, peer);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let std_stream = match stream.into_std() {
                 Ok(s) => s,
@@ -127,7 +185,10 @@ pub async fn start(
             node.scheduler.submit_round_robin(Box::new(
                 move || match tokio::net::TcpStream::from_std(std_stream) {
                     Ok(stream) => {
-                        tokio::task::spawn_local(serve_connection(stream, peer, st));
+                        tokio::task::spawn_local(async move {
+                            serve_connection(stream, peer, st).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot adopt connection"),
                 },
@@ -140,6 +201,19 @@ pub async fn start(
         shutdown: shutdown_tx,
         accept,
     })
+}
+
+/// Logs a refused connection, at most once a second per server.
+fn refused_connection(state: &ServerState, peer: SocketAddr) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOG: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    if LAST_LOG.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(server = %state.id, %peer, open = state.connections.open(), "connection limit reached; refusing connections");
+    }
 }
 
 async fn serve_connection(

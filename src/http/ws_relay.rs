@@ -162,7 +162,9 @@ pub fn accept(
     }
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let state = state.clone();
+    let slot = state.connections.hand_over();
     tokio::task::spawn_local(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()

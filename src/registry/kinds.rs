@@ -279,6 +279,8 @@ pub struct HttpService {
     pub idle_timeout: Option<Duration>,
     /// Per-connection outbound WebSocket queue (`host.buffer_size`).
     pub buffer_size: usize,
+    /// Open connections (HTTP and WebSocket) at most (`host.max_connections`).
+    pub max_connections: usize,
     pub lifecycle: Lifecycle,
 }
 

@@ -1121,6 +1121,7 @@ fn http_service(cx: &mut Cx) -> EntryKind {
         write_timeout,
         idle_timeout,
         buffer_size: cx.count(&["host", "buffer_size"], 1024),
+        max_connections: cx.count(&["host", "max_connections"], 65_536),
         lifecycle: cx.lifecycle(),
     })
 }

@@ -424,3 +424,13 @@ pub fn basic(email: &str, password: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("{email}:{password}"))
     )
 }
+
+/// Percent-encodes a token for a query string.
+pub fn urlencode(t: &str) -> String {
+    t.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
