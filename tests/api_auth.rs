@@ -8,6 +8,17 @@ use serde_json::json;
 use std::time::Duration;
 use support::{app_project, basic, cli, create_key, request, signed_request, unix_now, Moonwire};
 
+/// GET /api/me with an Authorization header.
+fn me(addr: std::net::SocketAddr, authorization: &str) -> support::HttpResponse {
+    request(
+        addr,
+        "GET",
+        "/api/me",
+        &[("Authorization", authorization)],
+        b"",
+    )
+}
+
 fn error(r: &support::HttpResponse) -> String {
     r.json()["error"].as_str().unwrap_or_default().to_string()
 }
@@ -213,7 +224,7 @@ fn basic_auth_and_the_token_exchange() {
     assert!(!ok && err.contains("already exists"), "{err}");
 
     let good = basic("bob@example.com", "s3cret-pw");
-    let r = request(addr, "GET", "/api/me", &[("Authorization", &good)], b"");
+    let r = me(addr, &good);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["auth"], "basic");
     assert_eq!(r.json()["role"], "viewer");
@@ -223,16 +234,10 @@ fn basic_auth_and_the_token_exchange() {
         basic("nobody@example.com", "s3cret-pw"),
         "Basic !!!".to_string(),
     ] {
-        let r = request(addr, "GET", "/api/me", &[("Authorization", &bad)], b"");
+        let r = me(addr, &bad);
         assert_eq!(r.status, 401, "{bad}: {}", r.text());
     }
-    let r = request(
-        addr,
-        "GET",
-        "/api/me",
-        &[("Authorization", "Digest x")],
-        b"",
-    );
+    let r = me(addr, "Digest x");
     assert_eq!(r.status, 401);
     let r = request(addr, "GET", "/api/me", &[], b"");
     assert_eq!(
@@ -251,7 +256,7 @@ fn basic_auth_and_the_token_exchange() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["permissions"], json!(["read"]));
     let bearer = format!("Bearer {}", r.json()["token"].as_str().unwrap());
-    let r = request(addr, "GET", "/api/me", &[("Authorization", &bearer)], b"");
+    let r = me(addr, &bearer);
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["auth"], "token");
     assert_eq!(r.json()["role"], "viewer");
@@ -266,13 +271,7 @@ fn basic_auth_and_the_token_exchange() {
 
     // The tutorial's demo key keeps working; a key with a secret must sign instead.
     let t = support::token(addr, &demo);
-    let r = request(
-        addr,
-        "GET",
-        "/api/me",
-        &[("Authorization", &format!("Bearer {t}"))],
-        b"",
-    );
+    let r = me(addr, &format!("Bearer {t}"));
     assert_eq!(r.json()["user_id"], "demo");
     assert_eq!(r.json()["permissions"], json!(["read", "trade"]));
     let key = create_key(dir.path(), "bob@example.com", "unused", "read");
@@ -284,20 +283,11 @@ fn basic_auth_and_the_token_exchange() {
     let t = signed_request(addr, &key, "POST", "/auth/token", b"", unix_now());
     assert_eq!(t.status, 200, "{}", t.text());
     let bearer = format!("Bearer {}", t.json()["token"].as_str().unwrap());
-    assert_eq!(
-        request(addr, "GET", "/api/me", &[("Authorization", &bearer)], b"").status,
-        200
-    );
+    assert_eq!(me(addr, &bearer).status, 200);
     assert!(cli(dir.path(), &["keys", "revoke", &key.api_key], &[]).0);
-    let r = request(addr, "GET", "/api/me", &[("Authorization", &bearer)], b"");
+    let r = me(addr, &bearer);
     assert_eq!((r.status, error(&r)), (401, "API key revoked".into()));
-    let r = request(
-        addr,
-        "GET",
-        "/api/me",
-        &[("Authorization", "Bearer forged.token")],
-        b"",
-    );
+    let r = me(addr, "Bearer forged.token");
     assert_eq!(r.status, 401);
 }
 
@@ -339,13 +329,7 @@ fn internal_tokens_verify_without_a_store_and_survive_restarts() {
     assert!((expiry - unix_now() - 600).abs() <= 2);
     let bearer = |t: &str| format!("Bearer {t}");
 
-    let r = request(
-        mw.addr(),
-        "GET",
-        "/api/me",
-        &[("Authorization", &bearer(&token))],
-        b"",
-    );
+    let r = me(mw.addr(), &bearer(&token));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["auth"], "internal");
     assert_eq!(r.json()["user_id"], parts[0]);
@@ -357,13 +341,7 @@ fn internal_tokens_verify_without_a_store_and_survive_restarts() {
     let last = flipped.pop().unwrap();
     flipped.push(if last == '0' { '1' } else { '0' });
     for t in [other_user, later, flipped] {
-        let r = request(
-            mw.addr(),
-            "GET",
-            "/api/me",
-            &[("Authorization", &bearer(&t))],
-            b"",
-        );
+        let r = me(mw.addr(), &bearer(&t));
         assert_eq!(
             (r.status, error(&r)),
             (401, "internal token signature mismatch".into()),
@@ -384,13 +362,7 @@ fn internal_tokens_verify_without_a_store_and_survive_restarts() {
     );
     assert!(ok);
     std::thread::sleep(Duration::from_millis(2100));
-    let r = request(
-        mw.addr(),
-        "GET",
-        "/api/me",
-        &[("Authorization", &bearer(out.trim()))],
-        b"",
-    );
+    let r = me(mw.addr(), &bearer(out.trim()));
     assert_eq!(
         (r.status, error(&r)),
         (401, "internal token expired".into())
@@ -399,13 +371,7 @@ fn internal_tokens_verify_without_a_store_and_survive_restarts() {
     // No store behind them: a restart keeps them valid; another key rejects them.
     assert!(mw.stop().success());
     let mw = Moonwire::start(dir.path(), true);
-    let r = request(
-        mw.addr(),
-        "GET",
-        "/api/me",
-        &[("Authorization", &bearer(&token))],
-        b"",
-    );
+    let r = me(mw.addr(), &bearer(&token));
     assert_eq!(r.status, 200, "{}", r.text());
     drop(mw);
     let mw = Moonwire::start_with(
@@ -413,13 +379,7 @@ fn internal_tokens_verify_without_a_store_and_survive_restarts() {
         true,
         &[("MOONWIRE_INTERNAL_TOKEN_KEY", "another-key")],
     );
-    let r = request(
-        mw.addr(),
-        "GET",
-        "/api/me",
-        &[("Authorization", &bearer(&token))],
-        b"",
-    );
+    let r = me(mw.addr(), &bearer(&token));
     assert_eq!(r.status, 401);
 }
 
@@ -442,10 +402,7 @@ fn repeated_failures_are_answered_429() {
     let wrong = basic("nobody@example.com", "guess");
     // Refusals by the middleware and by the token script both count.
     for _ in 0..2 {
-        assert_eq!(
-            request(addr, "GET", "/api/me", &[("Authorization", &wrong)], b"").status,
-            401
-        );
+        assert_eq!(me(addr, &wrong).status, 401);
     }
     assert_eq!(
         support::post_json(addr, "/auth/token", &json!({"api_key": "guess"})).status,

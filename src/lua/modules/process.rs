@@ -217,15 +217,19 @@ fn topic_arc(topic: &str) -> Arc<str> {
     })
 }
 
+/// The interned topic, or `None` for a reserved `@` topic.
+fn sendable_topic(lua: &Lua, topic: &mlua::Value) -> mlua::Result<Option<Arc<str>>> {
+    with_str_arg(lua, 2, topic, |t| {
+        (!t.starts_with('@')).then(|| topic_arc(t))
+    })
+}
+
 fn send(
     lua: &Lua,
     (dest, topic, payloads): (mlua::Value, mlua::Value, Variadic<mlua::Value>),
 ) -> mlua::Result<LuaPair> {
     let ctx = context::require_current()?;
-    let Some(topic) = with_str_arg(lua, 2, &topic, |t| {
-        (!t.starts_with('@')).then(|| topic_arc(t))
-    })?
-    else {
+    let Some(topic) = sendable_topic(lua, &topic)? else {
         return fail(
             lua,
             ErrorKind::Invalid,
@@ -254,13 +258,14 @@ fn send(
             "permission denied: process.send",
         );
     }
-    let mut values = Vec::with_capacity(payloads.len());
-    for p in payloads.iter() {
-        match payload_value(p) {
-            Ok(v) => values.push(v),
-            Err(e) => return fail(lua, e.kind, e.message),
-        }
-    }
+    let values = match payloads
+        .iter()
+        .map(payload_value)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(v) => v,
+        Err(e) => return fail(lua, e.kind, e.message),
+    };
     // A dead target drops the message, as `ProcessTable::send` would.
     if let Some(target) = target {
         target
@@ -283,23 +288,21 @@ fn broadcast(
     (dests, topic, payloads): (mlua::Table, mlua::Value, Variadic<mlua::Value>),
 ) -> mlua::Result<LuaPair> {
     let ctx = context::require_current()?;
-    let Some(topic) = with_str_arg(lua, 2, &topic, |t| {
-        (!t.starts_with('@')).then(|| topic_arc(t))
-    })?
-    else {
+    let Some(topic) = sendable_topic(lua, &topic)? else {
         return fail(
             lua,
             ErrorKind::Invalid,
             "topics starting with @ are reserved",
         );
     };
-    let mut values = Vec::with_capacity(payloads.len());
-    for p in payloads.iter() {
-        match payload_value(p) {
-            Ok(v) => values.push(v),
-            Err(e) => return fail(lua, e.kind, e.message),
-        }
-    }
+    let values = match payloads
+        .iter()
+        .map(payload_value)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(v) => v,
+        Err(e) => return fail(lua, e.kind, e.message),
+    };
     let unchecked = context::decided_without_policies();
     let meta = unchecked.is_none().then(|| pid_meta(&ctx));
     let mut sent: i64 = 0;
