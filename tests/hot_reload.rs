@@ -90,6 +90,15 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (r.status, r.text())
 }
 
+/// `get_json` once `path` answers 200: a service registers its name a moment after the server
+/// starts listening (or after an upgrade), and a request in between gets a 5xx.
+fn get_json_when_ready(mw: &Moonwire, path: &str) -> serde_json::Value {
+    eventually(mw, &format!("GET {path} answering 200"), || {
+        let r = request(mw.addr(), "GET", path, &[], b"");
+        (r.status == 200).then(|| r.json())
+    })
+}
+
 fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     let r = request(addr, "GET", path, &[], b"");
     assert_eq!(r.status, 200, "GET {path}: {}", r.text());
@@ -230,7 +239,7 @@ fn a_service_restarts_with_new_code_and_nothing_else_is_touched() {
         &mw.wait_for("worker running version=1", DEADLINE),
         "worker_pid",
     );
-    let counter = get_json(mw.addr(), "/counter");
+    let counter = get_json_when_ready(&mw, "/counter");
     assert_eq!(counter["count"], 1);
 
     edit(
@@ -265,7 +274,7 @@ fn an_upgradable_process_keeps_its_pid_name_mailbox_and_state() {
     let dir = project("reload_app");
     let mw = Moonwire::start_watching(dir.path(), true);
     let script = dir.path().join("scripts/counter.lua");
-    let first = get_json(mw.addr(), "/counter");
+    let first = get_json_when_ready(&mw, "/counter");
     assert_eq!(first["version"], 1);
     assert_eq!(first["named"], true);
     let pid = first["pid"].clone();
@@ -610,7 +619,7 @@ fn a_changed_http_service_addr_rebinds() {
 fn a_changed_service_entry_with_an_upgradable_child_only_sends_it_outdated() {
     let dir = project("reload_app");
     let mw = Moonwire::start_watching(dir.path(), true);
-    let first = get_json(mw.addr(), "/counter");
+    let first = get_json_when_ready(&mw, "/counter");
     edit(
         &dir.path().join("registry/_index.yaml"),
         "    process: app:counter\n    host: app:host\n    lifecycle:\n      auto_start: true\n      stop_timeout: 2s\n",
@@ -625,7 +634,7 @@ fn a_changed_service_entry_with_an_upgradable_child_only_sends_it_outdated() {
     let outdated = nth_line(&mw, "counter outdated", 1);
     assert_eq!(field(&outdated, "sources"), "app:counter-service");
     nth_line(&mw, "process upgraded", 1);
-    let after = get_json(mw.addr(), "/counter");
+    let after = get_json_when_ready(&mw, "/counter");
     assert_eq!(after["pid"], first["pid"]);
     assert_eq!(after["count"], 2);
     assert_eq!(mw.count("service started service=app:counter-service"), 1);
@@ -785,7 +794,7 @@ fn a_changed_import_restarts_and_outdates_what_imports_it() {
     let dir = project("reload_app");
     let mw = Moonwire::start_watching(dir.path(), true);
     mw.wait_for("worker running version=1 lib=lib-v1", DEADLINE);
-    let first = get_json(mw.addr(), "/counter");
+    let first = get_json_when_ready(&mw, "/counter");
     assert_eq!(first["lib"], "lib-v1");
     assert_eq!(get(mw.addr(), "/lib"), (200, "lib-v1".into()));
 

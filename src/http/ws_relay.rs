@@ -199,7 +199,7 @@ pub fn accept(
     Outcome::Upgrade(resp)
 }
 
-fn lifecycle(pid: &Pid, plan: &Plan, extra: Vec<(&str, Value)>) -> Value {
+fn lifecycle(pid: &Pid, plan: &Plan, extra: Vec<(&'static str, Value)>) -> Value {
     let mut fields = vec![
         ("client_pid", Value::str(pid.to_string())),
         ("metadata", plan.metadata.clone()),

@@ -129,11 +129,12 @@ impl Value {
     }
 
     /// A string-keyed record, the usual shape of event and relay payloads.
-    pub fn record<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    /// Keys are literals, shared rather than copied: records are made per event and message.
+    pub fn record(fields: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
         let map = fields
             .into_iter()
             .filter(|(_, v)| !matches!(v, Value::Nil))
-            .map(|(k, v)| (Value::str(Bytes::copy_from_slice(k.as_bytes())), v))
+            .map(|(k, v)| (Value::Str(Bytes::from_static(k.as_bytes())), v))
             .collect();
         Value::table(Vec::new(), map)
     }
@@ -210,14 +211,19 @@ impl Value {
             },
             J::String(s) => Value::str(s.clone()),
             J::Array(a) => Value::table(a.iter().map(Value::from_json).collect(), Vec::new()),
-            J::Object(o) => Value::table(
-                Vec::new(),
-                o.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (Value::str(k.clone()), Value::from_json(v)))
-                    .collect(),
-            ),
+            J::Object(o) => Value::from_json_object(o),
         }
+    }
+
+    /// A JSON object as a table, without wrapping (and cloning) it into a `serde_json::Value`.
+    pub fn from_json_object(o: &serde_json::Map<String, serde_json::Value>) -> Value {
+        Value::table(
+            Vec::new(),
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (Value::str(k.clone()), Value::from_json(v)))
+                .collect(),
+        )
     }
 }
 

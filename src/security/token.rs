@@ -94,10 +94,7 @@ impl TokenStore {
             .then(|| created.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)));
         let record = Value::record([
             ("actor_id", Value::str(actor.id.clone())),
-            (
-                "actor_meta",
-                Value::from_json(&serde_json::Value::Object(actor.meta.clone())),
-            ),
+            ("actor_meta", Value::from_json_object(&actor.meta)),
             (
                 "scope_policies",
                 Value::table(
@@ -111,7 +108,7 @@ impl TokenStore {
             ),
             ("created", Value::Int(created)),
             ("expires", expires.map(Value::Int).unwrap_or(Value::Nil)),
-            ("meta", Value::from_json(&serde_json::Value::Object(meta))),
+            ("meta", Value::from_json_object(&meta)),
         ]);
         self.store.set(&base, record, Some(ttl))?;
         Ok(match &self.key {

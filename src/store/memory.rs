@@ -74,6 +74,19 @@ struct Inner {
     version: u64,
 }
 
+/// `only_if_absent` / `if_version` against the live version of the key, if any.
+fn check_conditions(opts: &PutOptions, current: Option<u64>) -> Result<(), StoreError> {
+    if opts.only_if_absent && current.is_some() {
+        return Err(StoreError::AlreadyExists);
+    }
+    if let Some(want) = opts.if_version {
+        if current != Some(want) {
+            return Err(StoreError::Conflict);
+        }
+    }
+    Ok(())
+}
+
 pub struct MemoryStore {
     max_size: usize,
     cleanup_interval: Duration,
@@ -182,21 +195,22 @@ impl MemoryStore {
             .filter(|d| !d.is_zero())
             .and_then(|d| now.checked_add(d));
         let mut inner = self.write();
-        let current = inner
-            .map
-            .get(key)
-            .filter(|s| s.live(now))
-            .map(|s| s.version);
-        if opts.only_if_absent && current.is_some() {
-            return Err(StoreError::AlreadyExists);
+        // One tree walk for the common case (a key that exists, or room for a new one); only a
+        // full store pays a sweep and a second walk.
+        let next = inner.version + 1;
+        if let Some(slot) = inner.map.get_mut(key) {
+            check_conditions(&opts, slot.live(now).then_some(slot.version))?;
+            *slot = Slot {
+                value,
+                version: next,
+                expires,
+            };
+            inner.version = next;
+            return Ok(next);
         }
-        if let Some(want) = opts.if_version {
-            if current != Some(want) {
-                return Err(StoreError::Conflict);
-            }
-        }
+        check_conditions(&opts, None)?;
         // An expired slot still occupies room, so overwriting it never needs more.
-        if !inner.map.contains_key(key) && inner.map.len() >= self.max_size {
+        if inner.map.len() >= self.max_size {
             inner.map.retain(|_, s| s.live(now));
             if inner.map.len() >= self.max_size {
                 return Err(StoreError::Full(self.max_size));
