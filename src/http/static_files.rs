@@ -232,66 +232,88 @@ impl StaticSite {
     /// The answer for a file already in memory: validators, conditions, Range, HEAD.
     fn respond(&self, c: &Cached, head: bool, cond: &Conditions) -> Response<Full<Bytes>> {
         let len = c.bytes.len() as u64;
+        let validators = Validators {
+            etag: &c.etag,
+            etag_value: c.etag_value.clone(),
+            mtime: c.mtime,
+            last_modified: c.last_modified.clone(),
+        };
+        match self.plan(&validators, c.content_type, len, cond) {
+            Plan::Answer(resp) => resp,
+            Plan::Send {
+                head: h,
+                status,
+                start,
+                count,
+            } => {
+                let body = if head {
+                    Bytes::new()
+                } else {
+                    c.bytes.slice(start as usize..(start + count) as usize)
+                };
+                finish_range(h, status, start, count, len, body)
+            }
+        }
+    }
+
+    /// Headers every answer for the file carries, then the conditional and Range decisions:
+    /// either a finished answer (304, 416) or the byte range to send with its status.
+    fn plan(
+        &self,
+        v: &Validators<'_>,
+        content_type: &'static str,
+        len: u64,
+        cond: &Conditions,
+    ) -> Plan {
         // Filled in place: `http::response::Builder` re-validates every name and value, which
         // showed up in profiles of the hot static path.
         let mut h = HeaderMap::with_capacity(8);
-        h.insert(header::ETAG, c.etag_value.clone());
+        h.insert(header::ETAG, v.etag_value.clone());
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         h.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        if let Some(lm) = &c.last_modified {
+        if let Some(lm) = &v.last_modified {
             h.insert(header::LAST_MODIFIED, lm.clone());
         }
         if let Some(cc) = &self.cache_control {
             h.insert(header::CACHE_CONTROL, cc.clone());
         }
-        let finish = |status: StatusCode, h: HeaderMap, body: Bytes| {
-            let mut r = Response::new(Full::new(body));
-            *r.status_mut() = status;
-            *r.headers_mut() = h;
-            r
-        };
-        if cond.not_modified(&c.etag, c.mtime) {
-            return finish(StatusCode::NOT_MODIFIED, h, Bytes::new());
+        if cond.not_modified(v.etag, v.mtime) {
+            return Plan::Answer(with_headers(StatusCode::NOT_MODIFIED, h, Bytes::new()));
         }
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(c.content_type),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         let range = match &cond.range {
-            Some(r) if cond.if_range_matches(&c.etag, c.mtime) => parse_range(r, len),
+            Some(r) if cond.if_range_matches(v.etag, v.mtime) => parse_range(r, len),
             _ => RangeSpec::Full,
         };
-        let (status, start, count) = match range {
-            RangeSpec::Full => (StatusCode::OK, 0, len),
-            RangeSpec::Partial { start, end } => {
-                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-            }
+        match range {
+            RangeSpec::Full => Plan::Send {
+                head: h,
+                status: StatusCode::OK,
+                start: 0,
+                count: len,
+            },
+            RangeSpec::Partial { start, end } => Plan::Send {
+                head: h,
+                status: StatusCode::PARTIAL_CONTENT,
+                start,
+                count: end - start + 1,
+            },
             RangeSpec::Unsatisfiable => {
                 h.insert(
                     header::CONTENT_RANGE,
                     HeaderValue::from_str(&format!("bytes */{len}")).expect("digits are valid"),
                 );
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
-                return finish(StatusCode::RANGE_NOT_SATISFIABLE, h, Bytes::new());
+                Plan::Answer(with_headers(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    h,
+                    Bytes::new(),
+                ))
             }
-        };
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-        if status == StatusCode::PARTIAL_CONTENT {
-            h.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
-                    .expect("digits are valid"),
-            );
         }
-        let body = if head {
-            Bytes::new()
-        } else {
-            c.bytes.slice(start as usize..(start + count) as usize)
-        };
-        finish(status, h, body)
     }
 
     /// An existing regular file, or a directory's index file, confined to the root.
@@ -340,48 +362,22 @@ impl StaticSite {
         let len = meta.len();
         let mtime = meta.modified().ok();
         let etag = make_etag(len, mtime);
-        let last_modified = mtime.map(httpdate::fmt_http_date);
-
-        let mut builder = Response::builder()
-            .header(header::ETAG, &etag)
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-        if let Some(lm) = &last_modified {
-            builder = builder.header(header::LAST_MODIFIED, lm);
-        }
-        if let Some(cc) = &self.cache_control {
-            builder = builder.header(header::CACHE_CONTROL, cc.clone());
-        }
-
-        if cond.not_modified(&etag, mtime) {
-            let resp = builder
-                .status(StatusCode::NOT_MODIFIED)
-                .body(Full::new(Bytes::new()))
-                .expect("static headers are valid");
-            return Ok(resp);
-        }
-
-        builder = builder.header(header::CONTENT_TYPE, content_type);
-        let range = match &cond.range {
-            Some(r) if cond.if_range_matches(&etag, mtime) => parse_range(r, len),
-            _ => RangeSpec::Full,
+        let validators = Validators {
+            etag: &etag,
+            etag_value: HeaderValue::from_str(&etag).expect("etags are ASCII"),
+            mtime,
+            last_modified: mtime
+                .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
         };
-        let (status, start, count) = match range {
-            RangeSpec::Full => (StatusCode::OK, 0, len),
-            RangeSpec::Partial { start, end } => {
-                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-            }
-            RangeSpec::Unsatisfiable => {
-                let resp = builder
-                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
-                    .header(header::CONTENT_LENGTH, 0)
-                    .body(Full::new(Bytes::new()))
-                    .expect("static headers are valid");
-                return Ok(resp);
-            }
+        let (h, status, start, count) = match self.plan(&validators, content_type, len, cond) {
+            Plan::Answer(resp) => return Ok(resp),
+            Plan::Send {
+                head,
+                status,
+                start,
+                count,
+            } => (head, status, start, count),
         };
-
         let body = if head {
             Bytes::new()
         } else {
@@ -395,15 +391,54 @@ impl StaticSite {
         // A file that shrank since `metadata` yields fewer bytes; the headers must describe
         // what is actually sent, or hyper would hang the connection on a short body.
         let sent = if head { count } else { body.len() as u64 };
-        builder = builder.status(status).header(header::CONTENT_LENGTH, sent);
-        if status == StatusCode::PARTIAL_CONTENT {
-            let last = (start + sent).saturating_sub(1);
-            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{last}/{len}"));
-        }
-        Ok(builder
-            .body(Full::new(body))
-            .expect("static headers are valid"))
+        Ok(finish_range(h, status, start, sent, len, body))
     }
+}
+
+/// A file's validators, borrowed from the cache or made for one read from disk.
+struct Validators<'a> {
+    etag: &'a str,
+    etag_value: HeaderValue,
+    mtime: Option<SystemTime>,
+    last_modified: Option<HeaderValue>,
+}
+
+enum Plan {
+    Answer(Response<Full<Bytes>>),
+    Send {
+        head: HeaderMap,
+        status: StatusCode,
+        start: u64,
+        count: u64,
+    },
+}
+
+fn with_headers(status: StatusCode, h: HeaderMap, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    r
+}
+
+/// Adds the length (and for 206 the range) of `count` bytes from `start` of `len`.
+fn finish_range(
+    mut h: HeaderMap,
+    status: StatusCode,
+    start: u64,
+    count: u64,
+    len: u64,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let last = (start + count).saturating_sub(1);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{last}/{len}"))
+                .expect("digits are valid"),
+        );
+    }
+    with_headers(status, h, body)
 }
 
 /// Percent-decodes `rel` and splits it into safe path segments. `None` for anything that
