@@ -224,6 +224,52 @@ fn sendable_topic(lua: &Lua, topic: &mlua::Value) -> mlua::Result<Option<Arc<str
     })
 }
 
+type Found = (Pid, Option<Arc<crate::process::table::ProcessEntry>>);
+
+/// One table lookup resolves a destination value and finds its mailbox; `Ok(Err(m))` is the
+/// NOT_FOUND message, `Err` a destination that is not a string at all.
+fn resolve_dest(ctx: &ProcCtx, dest: &mlua::Value) -> mlua::Result<Result<Found, String>> {
+    if let mlua::Value::String(s) = dest {
+        if let Ok(d) = s.to_str() {
+            return Ok(resolve_entry(ctx, &d));
+        }
+    }
+    Ok(resolve_entry(ctx, &dest_arg(dest)?))
+}
+
+/// `process.send @ pid` in the caller's context; `meta` is built once per call site.
+fn send_allowed(ctx: &ProcCtx, pid: &Pid, meta: &mut Option<serde_json::Value>) -> bool {
+    context::decided_without_policies().unwrap_or_else(|| {
+        let meta = meta.get_or_insert_with(|| pid_meta(ctx));
+        context::allowed_with_meta("process.send", &pid.to_string(), meta)
+    })
+}
+
+/// Queues the message; a dead target drops it, as `ProcessTable::send` would.
+fn deliver(
+    ctx: &ProcCtx,
+    target: Option<Arc<crate::process::table::ProcessEntry>>,
+    topic: Arc<str>,
+    payloads: Vec<Value>,
+) {
+    if let Some(target) = target {
+        target
+            .mailbox
+            .push(crate::process::pid::Signal::Message(Message {
+                from: Some(ctx.pid().clone()),
+                topic,
+                payloads,
+            }));
+    }
+}
+
+/// The payloads of a send as owned values, or the error `send` reports.
+fn message_values(
+    payloads: &Variadic<mlua::Value>,
+) -> Result<Vec<Value>, crate::process::value::ErrorValue> {
+    payloads.iter().map(payload_value).collect()
+}
+
 fn send(
     lua: &Lua,
     (dest, topic, payloads): (mlua::Value, mlua::Value, Variadic<mlua::Value>),
@@ -236,46 +282,22 @@ fn send(
             "topics starting with @ are reserved",
         );
     };
-    // One table lookup resolves the destination and finds its mailbox.
-    let resolved = match &dest {
-        mlua::Value::String(s) => match s.to_str() {
-            Ok(d) => resolve_entry(&ctx, &d),
-            Err(_) => resolve_entry(&ctx, &dest_arg(&dest)?),
-        },
-        _ => resolve_entry(&ctx, &dest_arg(&dest)?),
-    };
-    let (pid, target) = match resolved {
+    let (pid, target) = match resolve_dest(&ctx, &dest)? {
         Ok(found) => found,
         Err(m) => return fail(lua, ErrorKind::NotFound, m),
     };
-    let allowed = context::decided_without_policies().unwrap_or_else(|| {
-        context::allowed_with_meta("process.send", &pid.to_string(), &pid_meta(&ctx))
-    });
-    if !allowed {
+    if !send_allowed(&ctx, &pid, &mut None) {
         return fail(
             lua,
             ErrorKind::PermissionDenied,
             "permission denied: process.send",
         );
     }
-    let values = match payloads
-        .iter()
-        .map(payload_value)
-        .collect::<Result<Vec<_>, _>>()
-    {
+    let values = match message_values(&payloads) {
         Ok(v) => v,
         Err(e) => return fail(lua, e.kind, e.message),
     };
-    // A dead target drops the message, as `ProcessTable::send` would.
-    if let Some(target) = target {
-        target
-            .mailbox
-            .push(crate::process::pid::Signal::Message(Message {
-                from: Some(ctx.pid().clone()),
-                topic,
-                payloads: values,
-            }));
-    }
+    deliver(&ctx, target, topic, values);
     ok(lua, true)
 }
 
@@ -295,61 +317,28 @@ fn broadcast(
             "topics starting with @ are reserved",
         );
     };
-    let values = match payloads
-        .iter()
-        .map(payload_value)
-        .collect::<Result<Vec<_>, _>>()
-    {
+    let values = match message_values(&payloads) {
         Ok(v) => v,
         Err(e) => return fail(lua, e.kind, e.message),
     };
-    let unchecked = context::decided_without_policies();
-    let meta = unchecked.is_none().then(|| pid_meta(&ctx));
+    let mut meta = None;
     let mut sent: i64 = 0;
     for pair in dests.pairs::<mlua::Value, mlua::Value>() {
         let (_, dest) = pair?;
-        let resolved = match &dest {
-            mlua::Value::String(s) => match s.to_str() {
-                Ok(d) => resolve_entry(&ctx, &d),
-                Err(_) => continue,
-            },
-            other => match dest_arg(other) {
-                Ok(d) => resolve_entry(&ctx, &d),
-                Err(_) => continue,
-            },
-        };
-        let Ok((pid, target)) = resolved else {
+        let Ok(Ok((pid, target))) = resolve_dest(&ctx, &dest) else {
             continue;
         };
-        let allowed = unchecked.unwrap_or_else(|| {
-            context::allowed_with_meta(
-                "process.send",
-                &pid.to_string(),
-                meta.as_ref().expect("meta is built when policies decide"),
-            )
-        });
-        if !allowed {
+        if !send_allowed(&ctx, &pid, &mut meta) {
             continue;
         }
-        if let Some(target) = target {
-            target
-                .mailbox
-                .push(crate::process::pid::Signal::Message(Message {
-                    from: Some(ctx.pid().clone()),
-                    topic: topic.clone(),
-                    payloads: values.clone(),
-                }));
-        }
+        deliver(&ctx, target, topic.clone(), values.clone());
         sent += 1;
     }
     ok(lua, sent)
 }
 
 /// `resolve`, keeping the live entry found on the way (`Err` is the NOT_FOUND message).
-fn resolve_entry(
-    ctx: &ProcCtx,
-    dest: &str,
-) -> Result<(Pid, Option<Arc<crate::process::table::ProcessEntry>>), String> {
+fn resolve_entry(ctx: &ProcCtx, dest: &str) -> Result<Found, String> {
     ctx.node.procs.resolve_entry(dest).ok_or_else(|| {
         if dest.starts_with('{') {
             format!("invalid pid {dest}")
