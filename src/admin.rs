@@ -103,15 +103,8 @@ impl Accounts {
             .rt
             .block_on(accounts::find_user(&self.db, user))?
             .ok_or_else(|| AccountError::NoUser(user.to_string()))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
-        Ok(internal_token::issue(
-            key,
-            &record.id,
-            now + ttl.as_secs() as i64,
-        )?)
+        let expires = crate::security::unix_now() + ttl.as_secs() as i64;
+        Ok(internal_token::issue(key, &record.id, expires)?)
     }
 }
 

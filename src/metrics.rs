@@ -84,7 +84,7 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     fn new() -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             registry: Registry::with_prefix("moonwire"),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -104,7 +104,7 @@ impl Metrics {
             let _ = m.reloads.get_or_create(&ReloadLabels { result });
         }
         // Each family is registered by a clone; clones share their values.
-        let mut r = Registry::with_prefix("moonwire");
+        let r = &mut m.registry;
         r.register(
             "http_requests",
             "HTTP requests answered, by route pattern (or `unmatched`), method and status",
@@ -162,7 +162,7 @@ impl Metrics {
             "Hot reloads applied (ok) or refused because the registry did not load or compile (rejected)",
             m.reloads.clone(),
         );
-        Metrics { registry: r, ..m }
+        m
     }
 }
 

@@ -2,7 +2,6 @@
 //! hyper serves it and endpoint handlers run on that worker's Lua state without a thread hop.
 //! Maps every outcome (no route, body too large, Lua error, no response) to a JSON answer.
 
-use crate::http::middleware::api_auth::{ApiAuth, AuthOutcome};
 use crate::http::router::{Chain, Match, RouteTable, Target};
 use crate::http::ws_relay;
 use crate::lua::modules::http::{parse_query, HttpFrame, ResponseState};
@@ -92,6 +91,8 @@ pub struct ServerConfig {
 pub struct ConnectionLimit {
     max: usize,
     open: std::sync::atomic::AtomicUsize,
+    /// When a refusal was last logged: at most one line a second while the limit holds.
+    last_refusal_log: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// One open connection; frees its place when dropped.
@@ -102,6 +103,7 @@ impl ConnectionLimit {
         Arc::new(ConnectionLimit {
             max: max.max(1),
             open: std::sync::atomic::AtomicUsize::new(0),
+            last_refusal_log: std::sync::Mutex::new(None),
         })
     }
 
@@ -205,14 +207,14 @@ pub async fn start(
 
 /// Logs a refused connection, at most once a second per server.
 fn refused_connection(state: &ServerState, peer: SocketAddr) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST_LOG: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    if LAST_LOG.swap(now, Ordering::Relaxed) != now {
-        tracing::warn!(server = %state.id, %peer, open = state.connections.open(), "connection limit reached; refusing connections");
+    let limit = &state.connections;
+    let mut last = limit
+        .last_refusal_log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(server = %state.id, %peer, open = limit.open(), "connection limit reached; refusing connections");
     }
 }
 
@@ -360,47 +362,10 @@ async fn endpoint(
         }
     };
     if let Some(auth) = &chain.api_auth {
-        // A blocked address may still read public data: only attempts that could be guesses
-        // (credentials, or a body such as /auth/token's) are held back.
-        let may_guess = !matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD)
-            || ApiAuth::carries_credentials(&parts.headers);
-        if let Some(secs) = may_guess
-            .then(|| {
-                auth.limiter
-                    .retry_after(peer.ip(), std::time::Instant::now())
-            })
-            .flatten()
-        {
-            let mut r = error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed authentication attempts; retry later",
-            );
-            r.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
-        }
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
-        match auth
-            .authenticate(
-                &state.node,
-                parts.method.as_str(),
-                target,
-                &parts.headers,
-                &body,
-            )
-            .await
-        {
-            AuthOutcome::Anonymous => {}
-            AuthOutcome::Authenticated(ctx) => security = Arc::new(ctx),
-            AuthOutcome::Refused(reason) => {
-                tracing::info!(endpoint = %entry, peer = %peer, reason = %reason, "api_auth refused a request");
-                auth.limiter
-                    .record_failure(peer.ip(), std::time::Instant::now());
-                return error_response(StatusCode::UNAUTHORIZED, &reason);
-            }
+        match auth.admit(&state.node, peer.ip(), &parts, &body).await {
+            Ok(Some(ctx)) => security = Arc::new(ctx),
+            Ok(None) => {}
+            Err(answer) => return answer,
         }
     }
     let Some(code) = state.node.code(func) else {
@@ -443,12 +408,8 @@ async fn endpoint(
     }
     if out.touched {
         let resp = build_response(out);
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            // A script's own refusal (an unknown API key on /auth/token) counts as a failure too.
-            if let Some(auth) = &chain.api_auth {
-                auth.limiter
-                    .record_failure(peer.ip(), std::time::Instant::now());
-            }
+        if let Some(auth) = &chain.api_auth {
+            auth.observe(peer.ip(), resp.status());
         }
         return resp;
     }

@@ -301,7 +301,7 @@ fn shared_text(bytes: Bytes) -> Result<Utf8Bytes, Bytes> {
     })
 }
 
-async fn run_connection<S>(state: Arc<ServerState>, ws: WebSocketStream<S>, mut plan: Plan)
+async fn run_connection<S>(state: Arc<ServerState>, mut ws: WebSocketStream<S>, mut plan: Plan)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -322,7 +322,6 @@ where
         lifecycle(&pid, &plan, vec![]),
     );
 
-    let mut ws = ws;
     let started = Instant::now();
     let mut frames_in: i64 = 0;
     // One timer for both the heartbeat and the keepalive ping, and one shutdown future, kept

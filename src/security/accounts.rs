@@ -9,7 +9,7 @@
 
 use crate::process::value::Value;
 use crate::security::digest::{constant_time_eq, hex_encode, hmac_sha256_hex, sha256_hex};
-use crate::security::password;
+use crate::security::{password, unix_now};
 use crate::store::sqlite::{Row, SqlError, SqlParam, Sqlite};
 use rand::RngCore;
 
@@ -156,13 +156,6 @@ fn key_from(row: &Row) -> KeyRecord {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 fn t(s: &str) -> SqlParam {
     SqlParam::Text(s.to_string())
 }
@@ -255,7 +248,7 @@ pub async fn create_user(
         email: Some(email.to_string()),
         role: role.to_string(),
         password_hash: Some(password::hash(password)?),
-        created_at: now(),
+        created_at: unix_now(),
     };
     db.execute(
         "INSERT INTO users (id, email, role, password_hash, created_at) VALUES (?, ?, ?, ?, ?)"
@@ -296,7 +289,7 @@ pub async fn create_key(
         permissions: permissions.to_vec(),
         secret_salt: Some(salt),
         secret_hash: Some(sha256_hex(secret.as_bytes())),
-        created_at: now(),
+        created_at: unix_now(),
         revoked_at: None,
     };
     db.execute(
@@ -323,7 +316,7 @@ pub async fn revoke_key(db: &Sqlite, api_key: &str) -> Result<bool, AccountError
     let r = db
         .execute(
             "UPDATE api_keys SET revoked_at = ? WHERE api_key = ? AND revoked_at IS NULL".into(),
-            vec![SqlParam::Int(now()), t(api_key)],
+            vec![SqlParam::Int(unix_now()), t(api_key)],
         )
         .await?;
     Ok(r.rows_affected > 0)

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod actor;
 pub mod digest;
+pub mod expiring;
 pub mod internal_token;
 pub mod password;
 pub mod policy;
@@ -17,6 +18,14 @@ pub use policy::{CompiledPolicy, Decision};
 pub use scope::Scope;
 
 use crate::registry::kinds::{self, EntryId, SecurityContextSpec};
+
+/// Wall-clock Unix seconds: token expiries, signature timestamps, account records.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! accepted inside it, is refused: together they make a captured request useless for replay.
 
 use crate::security::digest::{constant_time_eq, hex_decode, hmac_sha256, hmac_sha256_hex};
-use std::collections::HashMap;
+use crate::security::expiring::ExpiringMap;
 use std::sync::Mutex;
 
 /// Why a signed request was refused; the text goes to the client in the 401 body.
@@ -68,13 +68,18 @@ pub fn check_window(timestamp: i64, now: i64, window: i64) -> Result<(), Signatu
     Ok(())
 }
 
-/// Constant-time check of a hex signature.
-pub fn verify(secret: &[u8], canonical: &[u8], signature_hex: &str) -> Result<(), SignatureError> {
+/// Constant-time check of a hex signature; returns the MAC (the key of the replay guard).
+pub fn verify(
+    secret: &[u8],
+    canonical: &[u8],
+    signature_hex: &str,
+) -> Result<[u8; 32], SignatureError> {
     let given = hex_decode(signature_hex.trim().as_bytes())
         .filter(|g| g.len() == 32)
         .ok_or(SignatureError::Malformed)?;
-    if constant_time_eq(&hmac_sha256(secret, canonical), &given) {
-        Ok(())
+    let mac = hmac_sha256(secret, canonical);
+    if constant_time_eq(&mac, &given) {
+        Ok(mac)
     } else {
         Err(SignatureError::Mismatch)
     }
@@ -83,13 +88,17 @@ pub fn verify(secret: &[u8], canonical: &[u8], signature_hex: &str) -> Result<()
 /// Signatures accepted within the window, each kept until its timestamp leaves the window.
 /// Process-wide and in memory: a restart forgets them, which the timestamp window bounds to
 /// `window` seconds of exposure.
-#[derive(Default)]
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<[u8; 32], i64>>,
+    seen: Mutex<ExpiringMap<[u8; 32], i64>>,
 }
 
-/// Past this many remembered signatures, expired ones are swept on insert.
-const SWEEP_AT: usize = 4096;
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        ReplayGuard {
+            seen: Mutex::new(ExpiringMap::new(4096)),
+        }
+    }
+}
 
 impl ReplayGuard {
     /// Records `signature` (valid until `expires_at`); `Replayed` if it was already recorded
@@ -101,13 +110,11 @@ impl ReplayGuard {
         now: i64,
     ) -> Result<(), SignatureError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= SWEEP_AT {
-            seen.retain(|_, exp| *exp >= now);
-        }
+        seen.sweep_if_due(|_, exp| *exp >= now);
         match seen.get(&signature) {
             Some(exp) if *exp >= now => Err(SignatureError::Replayed),
             _ => {
-                seen.insert(signature, expires_at);
+                seen.map().insert(signature, expires_at);
                 Ok(())
             }
         }
@@ -139,8 +146,14 @@ mod tests {
     fn signatures_verify_and_mismatch() {
         let c = canonical("GET", "/api/me", "1700000000", b"");
         let sig = sign(b"secret", "GET", "/api/me", "1700000000", b"");
-        assert_eq!(verify(b"secret", &c, &sig), Ok(()));
-        assert_eq!(verify(b"secret", &c, &sig.to_uppercase()), Ok(()));
+        let mac = |r: Result<[u8; 32], SignatureError>| {
+            r.map(|m| crate::security::digest::hex_encode(&m))
+        };
+        assert_eq!(mac(verify(b"secret", &c, &sig)), Ok(sig.clone()));
+        assert_eq!(
+            mac(verify(b"secret", &c, &sig.to_uppercase())),
+            Ok(sig.clone())
+        );
         assert_eq!(verify(b"other", &c, &sig), Err(SignatureError::Mismatch));
         let c2 = canonical("GET", "/api/me?x", "1700000000", b"");
         assert_eq!(verify(b"secret", &c2, &sig), Err(SignatureError::Mismatch));

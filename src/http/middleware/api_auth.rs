@@ -20,14 +20,18 @@
 //! `api_auth.max_failures` (`30`: refused requests per address per minute before 429s).
 
 use crate::http::middleware::auth_limiter::AuthLimiter;
+use crate::http::server::{error_response, Body};
 use crate::registry::kinds::EntryId;
 use crate::runtime::Node;
 use crate::security::accounts::{self, KeyRecord};
 use crate::security::request_signing::{self, ReplayGuard, SignatureError};
-use crate::security::{internal_token, password, Actor, SecurityContext};
+use crate::security::{internal_token, password, unix_now, Actor, SecurityContext};
 use base64::Engine as _;
+use hyper::http::request::Parts;
 use hyper::HeaderMap;
+use hyper::{Response, StatusCode};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 const DEFAULT_WINDOW_SECS: i64 = 30;
@@ -49,7 +53,7 @@ pub struct ApiAuth {
     secret_key: Arc<[u8]>,
     internal_key: Option<Arc<[u8]>>,
     /// Shared by the chains built from one registry load; a reload starts it afresh.
-    pub limiter: Arc<AuthLimiter>,
+    limiter: Arc<AuthLimiter>,
 }
 
 impl std::fmt::Debug for ApiAuth {
@@ -64,7 +68,7 @@ impl std::fmt::Debug for ApiAuth {
 }
 
 /// What the middleware concluded about a request.
-pub enum AuthOutcome {
+enum AuthOutcome {
     /// No credentials at all.
     Anonymous,
     Authenticated(SecurityContext),
@@ -74,13 +78,6 @@ pub enum AuthOutcome {
 
 fn refused(reason: impl std::fmt::Display) -> AuthOutcome {
     AuthOutcome::Refused(reason.to_string())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -151,18 +148,53 @@ impl ApiAuth {
             || headers.contains_key(hyper::header::AUTHORIZATION)
     }
 
-    pub async fn authenticate(
+    /// The middleware for one request: `Ok(Some)` authenticated, `Ok(None)` anonymous, `Err`
+    /// the answer it gives itself (401 with the reason, or 429 for an address that failed too
+    /// often). A blocked address may still read public data: only attempts that could be
+    /// guesses (credentials, or a body such as `/auth/token`'s) are held back.
+    pub async fn admit(
         &self,
         node: &Node,
-        method: &str,
-        path_and_query: &str,
-        headers: &HeaderMap,
+        peer: IpAddr,
+        parts: &Parts,
         body: &[u8],
-    ) -> AuthOutcome {
+    ) -> Result<Option<SecurityContext>, Response<Body>> {
+        let may_guess = !matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD)
+            || Self::carries_credentials(&parts.headers);
+        if may_guess {
+            if let Some(secs) = self.limiter.retry_after(peer, std::time::Instant::now()) {
+                let mut r = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed authentication attempts; retry later",
+                );
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, secs.into());
+                return Err(r);
+            }
+        }
+        match self.authenticate(node, parts, body).await {
+            AuthOutcome::Anonymous => Ok(None),
+            AuthOutcome::Authenticated(ctx) => Ok(Some(ctx)),
+            AuthOutcome::Refused(reason) => {
+                tracing::info!(peer = %peer, path = %parts.uri.path(), reason = %reason, "api_auth refused a request");
+                self.observe(peer, StatusCode::UNAUTHORIZED);
+                Err(error_response(StatusCode::UNAUTHORIZED, &reason))
+            }
+        }
+    }
+
+    /// Counts a 401, the middleware's or a handler's own (an unknown key on `/auth/token`),
+    /// against the address.
+    pub fn observe(&self, peer: IpAddr, status: StatusCode) {
+        if status == StatusCode::UNAUTHORIZED {
+            self.limiter.record_failure(peer, std::time::Instant::now());
+        }
+    }
+
+    async fn authenticate(&self, node: &Node, parts: &Parts, body: &[u8]) -> AuthOutcome {
+        let headers = &parts.headers;
         if SIGNATURE_HEADERS.iter().any(|h| headers.contains_key(*h)) {
-            return self
-                .signed(node, method, path_and_query, headers, body)
-                .await;
+            return self.signed(node, parts, body).await;
         }
         let Some(authorization) = header(headers, "authorization") else {
             return AuthOutcome::Anonymous;
@@ -225,14 +257,13 @@ impl ApiAuth {
         }
     }
 
-    async fn signed(
-        &self,
-        node: &Node,
-        method: &str,
-        path_and_query: &str,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> AuthOutcome {
+    async fn signed(&self, node: &Node, parts: &Parts, body: &[u8]) -> AuthOutcome {
+        let headers = &parts.headers;
+        // Signed over the request target exactly as sent.
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
         let (Some(api_key), Some(ts_text), Some(signature)) = (
             header(headers, "api-key"),
             header(headers, "api-timestamp"),
@@ -254,16 +285,13 @@ impl ApiAuth {
         let Some(secret) = key.secret(&self.secret_key) else {
             return refused("this API key has no signing secret");
         };
-        let canonical = request_signing::canonical(method, path_and_query, ts_text, body);
-        if let Err(e) = request_signing::verify(secret.as_bytes(), &canonical, signature) {
-            return refused(e);
-        }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(&crate::security::digest::hmac_sha256(
-            secret.as_bytes(),
-            &canonical,
-        ));
-        if let Err(e) = REPLAYS.remember(digest, ts + self.window, now) {
+        let canonical =
+            request_signing::canonical(parts.method.as_str(), path_and_query, ts_text, body);
+        let mac = match request_signing::verify(secret.as_bytes(), &canonical, signature) {
+            Ok(mac) => mac,
+            Err(e) => return refused(e),
+        };
+        if let Err(e) = REPLAYS.remember(mac, ts + self.window, now) {
             debug_assert_eq!(e, SignatureError::Replayed);
             tracing::warn!(key = %key.api_key, "api_auth: replayed signature refused");
             return refused(e);

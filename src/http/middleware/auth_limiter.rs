@@ -2,18 +2,18 @@
 //! too often within a window is answered 429 until the window passes. Counting 401s (rather
 //! than parsing credentials) covers every way to fail, including the scripts' own refusals.
 
-use std::collections::HashMap;
+use crate::security::expiring::ExpiringMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Past this many tracked addresses, expired ones are swept on insert.
-const SWEEP_AT: usize = 10_000;
+/// Tracked addresses before the first sweep of expired ones.
+const SWEEP_FLOOR: usize = 10_000;
 
 pub struct AuthLimiter {
     window: Duration,
     max_failures: u32,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    failures: Mutex<ExpiringMap<IpAddr, (Instant, u32)>>,
 }
 
 impl AuthLimiter {
@@ -21,7 +21,7 @@ impl AuthLimiter {
         AuthLimiter {
             window,
             max_failures,
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new(ExpiringMap::new(SWEEP_FLOOR)),
         }
     }
 
@@ -36,11 +36,9 @@ impl AuthLimiter {
 
     pub fn record_failure(&self, ip: IpAddr, now: Instant) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= SWEEP_AT {
-            let window = self.window;
-            failures.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
-        }
-        let entry = failures.entry(ip).or_insert((now, 0));
+        let window = self.window;
+        failures.sweep_if_due(|_, (start, _)| now.saturating_duration_since(*start) < window);
+        let entry = failures.map().entry(ip).or_insert((now, 0));
         if now.saturating_duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
