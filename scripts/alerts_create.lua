@@ -25,8 +25,8 @@ end
 local function handler()
     local req = http.request()
     local res = http.response()
-    local me = api.caller(res)
-    if not me or not api.allowed(res, "api.trade", "alerts") then
+    local me = api.authorized(res, "api.trade", "alerts")
+    if not me then
         return
     end
     local body, parse_err = req:body_json()

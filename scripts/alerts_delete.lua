@@ -5,8 +5,8 @@ local api = require("api")
 local function handler()
     local req = http.request()
     local res = http.response()
-    local me = api.caller(res)
-    if not me or not api.allowed(res, "api.trade", "alerts") then
+    local me = api.authorized(res, "api.trade", "alerts")
+    if not me then
         return
     end
     local id = tonumber(req:param("id"))

@@ -8,8 +8,8 @@ local LIMIT = 200
 
 local function handler()
     local res = http.response()
-    local me = api.caller(res)
-    if not me or not api.allowed(res, "api.read", "alerts") then
+    local me = api.authorized(res, "api.read", "alerts")
+    if not me then
         return
     end
     local db, err = sql.get("app:db")

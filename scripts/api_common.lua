@@ -14,25 +14,21 @@ function M.reply(res, status, body)
     res:write_json(body)
 end
 
--- The authenticated caller's actor meta, or nil after answering 401.
-function M.caller(res)
+-- The authenticated caller's actor meta (plus `actor`, its id) when the caller's scope allows
+-- `action` on `resource`; otherwise nil after answering 401 (no caller) or 403.
+function M.authorized(res, action, resource)
     local actor = security.actor()
     if not actor then
         M.reply(res, http.STATUS.UNAUTHORIZED, {error = "authentication required"})
         return nil
     end
+    if not security.can(action, resource) then
+        M.reply(res, http.STATUS.FORBIDDEN, {error = "permission denied", action = action})
+        return nil
+    end
     local meta = actor:meta()
     meta.actor = actor:id()
     return meta
-end
-
--- true when the caller's scope allows `action` on `resource`; otherwise answers 403.
-function M.allowed(res, action, resource)
-    if security.can(action, resource) then
-        return true
-    end
-    M.reply(res, http.STATUS.FORBIDDEN, {error = "permission denied", action = action})
-    return false
 end
 
 -- Sends `topic` to the alerts process with a fresh ref_id and waits for the matching reply.

@@ -4,8 +4,8 @@ local api = require("api")
 
 local function handler()
     local res = http.response()
-    local me = api.caller(res)
-    if not me or not api.allowed(res, "api.read", "me") then
+    local me = api.authorized(res, "api.read", "me")
+    if not me then
         return
     end
     api.reply(res, http.STATUS.OK, {
