@@ -3,6 +3,8 @@
 // (handed in by app.js) says that one fired. app.js owns the connection and gives this module
 // a token source; nothing here touches the socket. Plain ES module, no dependencies.
 
+import { fetchJson } from './fetch_json.js';
+
 const API_TIMEOUT_MS = 10000;
 const TOAST_MS = 12000;
 const FLASH_MS = 2500;
@@ -161,29 +163,15 @@ async function api(method, path, payload) {
 }
 
 async function send(method, path, payload, token) {
-  const ctrl = new AbortController();
-  const t = setTimeout(() => ctrl.abort(), API_TIMEOUT_MS);
-  const headers = { Accept: 'application/json', Authorization: `Bearer ${token}` };
-  if (payload !== undefined) headers['Content-Type'] = 'application/json';
   try {
-    const resp = await fetch(path, {
+    return await fetchJson(path, {
       method,
-      headers,
-      body: payload === undefined ? undefined : JSON.stringify(payload),
-      cache: 'no-store',
-      signal: ctrl.signal,
+      headers: { Authorization: `Bearer ${token}` },
+      payload,
+      timeoutMs: API_TIMEOUT_MS,
     });
-    let body = null;
-    try {
-      body = await resp.json();
-    } catch {
-      // Not JSON (an HTML error page, the SPA fallback): the status still says something.
-    }
-    return { status: resp.status, body: body && typeof body === 'object' ? body : null };
   } catch (e) {
-    return { status: 0, body: null, problem: e.name === 'AbortError' ? 'timed out' : e.message || String(e) };
-  } finally {
-    clearTimeout(t);
+    return { status: 0, body: null, problem: e.message || String(e) };
   }
 }
 

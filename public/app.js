@@ -7,6 +7,7 @@
 // per animation frame.
 
 import * as alerts from './alerts.js';
+import { fetchJson } from './fetch_json.js';
 
 const MAX_POINTS = 300; // points kept per chart
 const MAX_SYMBOLS = 64; // a misbehaving server must not grow the DOM without bound
@@ -512,30 +513,12 @@ async function apiToken(r, force) {
   return r.token;
 }
 
-async function fetchToken(apiKey) {
-  const ctrl = new AbortController();
-  const t = setTimeout(() => ctrl.abort(), TOKEN_TIMEOUT_MS);
-  try {
-    const resp = await fetch('/auth/token', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-      body: JSON.stringify({ api_key: apiKey }),
-      cache: 'no-store',
-      signal: ctrl.signal,
-    });
-    let body = null;
-    try {
-      body = await resp.json();
-    } catch {
-      // A non-JSON error page still has a usable status code.
-    }
-    return { status: resp.status, body };
-  } catch (e) {
-    if (e.name === 'AbortError') throw new Error('timed out');
-    throw e;
-  } finally {
-    clearTimeout(t);
-  }
+function fetchToken(apiKey) {
+  return fetchJson('/auth/token', {
+    method: 'POST',
+    payload: { api_key: apiKey },
+    timeoutMs: TOKEN_TIMEOUT_MS,
+  });
 }
 
 function socketUrl(token) {

@@ -241,11 +241,15 @@ impl ApiAuth {
         )
     }
 
-    async fn key(&self, node: &Node, api_key: &str) -> Result<KeyRecord, AuthOutcome> {
-        let Some(db) = node.db(&self.db) else {
+    fn open_db(&self, node: &Node) -> Result<Arc<crate::store::sqlite::Sqlite>, AuthOutcome> {
+        node.db(&self.db).ok_or_else(|| {
             tracing::error!(db = %self.db, "api_auth: database unavailable");
-            return Err(refused("authentication unavailable"));
-        };
+            refused("authentication unavailable")
+        })
+    }
+
+    async fn key(&self, node: &Node, api_key: &str) -> Result<KeyRecord, AuthOutcome> {
+        let db = self.open_db(node)?;
         match accounts::find_key(&db, api_key).await {
             Ok(Some(k)) if k.is_revoked() => Err(refused("API key revoked")),
             Ok(Some(k)) => Ok(k),
@@ -314,8 +318,9 @@ impl ApiAuth {
         let Some((email, pass)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
             return refused("malformed Basic credentials");
         };
-        let Some(db) = node.db(&self.db) else {
-            return refused("authentication unavailable");
+        let db = match self.open_db(node) {
+            Ok(db) => db,
+            Err(outcome) => return outcome,
         };
         let user = match accounts::find_user_by_email(&db, email).await {
             Ok(u) => u,
