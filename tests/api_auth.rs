@@ -19,15 +19,21 @@ fn me(addr: std::net::SocketAddr, authorization: &str) -> support::HttpResponse 
     )
 }
 
+/// The app, running, with its migration done (the demo key is logged after the schema).
+fn started_app() -> (tempfile::TempDir, Moonwire) {
+    let dir = app_project();
+    let mw = Moonwire::start(dir.path(), true);
+    mw.demo_key();
+    (dir, mw)
+}
+
 fn error(r: &support::HttpResponse) -> String {
     r.json()["error"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]
 fn signed_requests_pass_and_forgeries_fail() {
-    let dir = app_project();
-    let mw = Moonwire::start(dir.path(), true);
-    mw.demo_key();
+    let (dir, mw) = started_app();
     let addr = mw.addr();
     let key = create_key(dir.path(), "ann@example.com", "hunter22", "read,trade");
     let now = unix_now();
@@ -143,9 +149,7 @@ fn signed_requests_pass_and_forgeries_fail() {
 
 #[test]
 fn read_only_keys_read_but_cannot_trade() {
-    let dir = app_project();
-    let mw = Moonwire::start(dir.path(), true);
-    mw.demo_key();
+    let (dir, mw) = started_app();
     let addr = mw.addr();
     let reader = create_key(dir.path(), "rita@example.com", "pw-rita", "read");
     let trader = create_key(dir.path(), "rita@example.com", "pw-rita", "read,trade");
