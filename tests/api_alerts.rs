@@ -273,13 +273,16 @@ async fn an_alert_fires_once_on_the_owners_socket() {
     assert_eq!(r, (vec![], 404));
 }
 
+/// The next alert frame within `within`, or `None` when none came. A socket that ends or
+/// fails fails the test: "no alert" must mean the connection was alive and got none.
 async fn next_alert(ws: &mut support_ws::Ws, within: Duration) -> Option<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .ok()??
-            .ok()?;
+            .ok()?
+            .expect("the socket ended while waiting for an alert")
+            .expect("the socket failed while waiting for an alert");
         if let Message::Text(t) = msg {
             let v: serde_json::Value = serde_json::from_str(&t).unwrap();
             if v["type"] == "alert" {
