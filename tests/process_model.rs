@@ -123,6 +123,7 @@ fn channels_buffered_unbuffered_close_and_select() {
     run.expect_pass(
         &[
             "channel.buffered",
+            "channel.two_waiters",
             "channel.unbuffered",
             "channel.close",
             "channel.select_ready",
@@ -148,6 +149,7 @@ fn coroutine_wrap_receive_waits_and_spawn_dies_with_main() {
     run.expect_pass(
         &[
             "coroutine.wrap_receive_waits",
+            "coroutine.terminated_while_waiting",
             "coroutine.wrap_yields",
             "coroutine.spawn_concurrent",
             "coroutine.spawn_killed_with_main",

@@ -3,8 +3,9 @@
 //! process's mailbox pump fills.
 
 use crate::lua::context::{self, ProcCtx};
+use crate::lua::wait;
 use crate::process::pid::{Event, Message};
-use mlua::{AnyUserData, Lua, UserData, UserDataMethods};
+use mlua::{AnyUserData, Lua, UserData, UserDataFields, UserDataMethods, UserDataRef};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -303,6 +304,10 @@ pub struct Case {
 impl UserData for Case {}
 
 impl UserData for Channel {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field("receive", ReceiveFn);
+    }
+
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_async_method("send", |_, this, v: mlua::Value| async move {
             this.0
@@ -310,12 +315,6 @@ impl UserData for Channel {
                 .await
                 .map_err(|_| mlua::Error::runtime("send on closed channel"))?;
             Ok(true)
-        });
-        methods.add_async_method("receive", |lua, this, ()| async move {
-            match this.0.receive().await {
-                Some(item) => Ok((item_to_lua(&lua, item)?, true)),
-                None => Ok((mlua::Value::Nil, false)),
-            }
         });
         methods.add_method("close", |_, this, ()| {
             this.0.close();
@@ -355,9 +354,46 @@ pub fn item_to_lua(lua: &Lua, item: Item) -> mlua::Result<mlua::Value> {
     }
 }
 
-async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
+/// `ch:receive()` as a synchronous wait (see `wait.rs`), built once per Lua state when the
+/// `Channel` type is registered.
+struct ReceiveFn;
+
+impl mlua::IntoLua for ReceiveFn {
+    fn into_lua(self, lua: &Lua) -> mlua::Result<mlua::Value> {
+        let try_fn = lua.create_function(try_receive)?;
+        let slow = lua.create_async_function(|lua, ud: AnyUserData| async move {
+            let core = ud.borrow::<Channel>()?.0.clone();
+            match core.receive().await {
+                Some(item) => Ok((item_to_lua(&lua, item)?, true)),
+                None => Ok((mlua::Value::Nil, false)),
+            }
+        })?;
+        Ok(mlua::Value::Function(wait::wait_loop(lua, try_fn, slow)?))
+    }
+}
+
+fn try_receive(lua: &Lua, ch: UserDataRef<Channel>) -> mlua::Result<(i64, mlua::Value, bool)> {
+    let core = &ch.0;
+    // A rendezvous receiver must be counted while it waits (see `Parked`): async path.
+    if core.capacity == Some(0) {
+        return Ok((wait::SLOW, mlua::Value::Nil, false));
+    }
+    match core.try_take() {
+        Some(Some(item)) => Ok((wait::TWO, item_to_lua(lua, item)?, true)),
+        Some(None) => Ok((wait::TWO, mlua::Value::Nil, false)),
+        None if wait::arm(|w| core.register(w)) => Ok((wait::WAIT, mlua::Value::Nil, false)),
+        None => Ok((wait::SLOW, mlua::Value::Nil, false)),
+    }
+}
+
+/// One case of a `channel.select`: the channel object (for `result.channel`), its core, and
+/// the value of a send case.
+type SelectCase = (AnyUserData, Rc<ChanCore>, Option<mlua::Value>);
+
+/// A select's cases and whether it has a `default`.
+fn select_cases(cases: &mlua::Table) -> mlua::Result<(Vec<SelectCase>, bool)> {
     let has_default: bool = cases.get::<Option<bool>>("default")?.unwrap_or(false);
-    let mut list: Vec<(AnyUserData, Rc<ChanCore>, Option<mlua::Value>)> = Vec::new();
+    let mut list = Vec::new();
     for v in cases.sequence_values::<AnyUserData>() {
         let ud = v?;
         let case = ud.borrow::<Case>()?;
@@ -366,35 +402,109 @@ async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
     if list.is_empty() && !has_default {
         return Err(mlua::Error::runtime("channel.select: no cases"));
     }
+    Ok((list, has_default))
+}
+
+/// What a select found ready.
+enum Ready {
+    Default,
+    /// A receive case's item, `None` when its channel is closed and drained.
+    Received(usize, Option<Item>),
+    /// A send case that may complete (or whose channel is closed).
+    Send(usize),
+}
+
+/// The first ready case, looked at from a random start so no case starves the others.
+fn ready_case(list: &[SelectCase], has_default: bool) -> Option<Ready> {
     let start = if list.len() > 1 {
         rand::random::<usize>() % list.len()
     } else {
         0
     };
+    for i in 0..list.len() {
+        let idx = (start + i) % list.len();
+        let (_, core, send) = &list[idx];
+        match send {
+            Some(_) => {
+                if core.is_closed() || core.select_can_send() {
+                    return Some(Ready::Send(idx));
+                }
+            }
+            None => {
+                if let Some(r) = core.try_take() {
+                    return Some(Ready::Received(idx, r));
+                }
+            }
+        }
+    }
+    has_default.then_some(Ready::Default)
+}
+
+/// The table `channel.select` returns for `ready`; completes a send case.
+fn select_result(lua: &Lua, list: &[SelectCase], ready: Ready) -> mlua::Result<mlua::Table> {
+    let result = lua.create_table()?;
+    match ready {
+        Ready::Default => {
+            result.set("default", true)?;
+            result.set("ok", true)?;
+        }
+        Ready::Received(idx, received) => {
+            result.set("channel", list[idx].0.clone())?;
+            match received {
+                Some(item) => {
+                    result.set("value", item_to_lua(lua, item)?)?;
+                    result.set("ok", true)?;
+                }
+                None => result.set("ok", false)?,
+            }
+        }
+        Ready::Send(idx) => {
+            let (ud, core, send) = &list[idx];
+            result.set("channel", ud.clone())?;
+            if core.is_closed() {
+                return Err(mlua::Error::runtime("send on closed channel"));
+            }
+            core.push(Item::Lua(send.clone().unwrap_or(mlua::Value::Nil)));
+            result.set("ok", true)?;
+        }
+    }
+    Ok(result)
+}
+
+/// `channel.select` as a synchronous wait (see `wait.rs`).
+fn try_select(lua: &Lua, cases: mlua::Table) -> mlua::Result<(i64, mlua::Value)> {
+    let (list, has_default) = select_cases(&cases)?;
+    // Rendezvous channels count waiting receivers and hand values only to them: async path.
+    if list.iter().any(|(_, core, _)| core.capacity == Some(0)) {
+        return Ok((wait::SLOW, mlua::Value::Nil));
+    }
+    if let Some(ready) = ready_case(&list, has_default) {
+        return Ok((
+            wait::ONE,
+            mlua::Value::Table(select_result(lua, &list, ready)?),
+        ));
+    }
+    let armed = wait::arm(|w| {
+        for (_, core, _) in &list {
+            core.register(w);
+        }
+    });
+    Ok((
+        if armed { wait::WAIT } else { wait::SLOW },
+        mlua::Value::Nil,
+    ))
+}
+
+async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
+    let (list, has_default) = select_cases(&cases)?;
     // Receive cases count as waiting receivers while the select is parked.
     let mut parked: Vec<Option<Parked>> = list
         .iter()
         .map(|(_, core, send)| send.is_none().then(|| Parked::new(core)))
         .collect();
     let ready = poll_fn(|cx| {
-        for i in 0..list.len() {
-            let idx = (start + i) % list.len();
-            let (_, core, send) = &list[idx];
-            match send {
-                Some(_) => {
-                    if core.is_closed() || core.select_can_send() {
-                        return Poll::Ready(Some((idx, None)));
-                    }
-                }
-                None => {
-                    if let Some(r) = core.try_take() {
-                        return Poll::Ready(Some((idx, Some(r))));
-                    }
-                }
-            }
-        }
-        if has_default {
-            return Poll::Ready(None);
+        if let Some(ready) = ready_case(&list, has_default) {
+            return Poll::Ready(ready);
         }
         for (p, (_, core, _)) in parked.iter_mut().zip(&list) {
             if let Some(p) = p {
@@ -406,32 +516,7 @@ async fn select(lua: Lua, cases: mlua::Table) -> mlua::Result<mlua::Table> {
     })
     .await;
     drop(parked);
-    let result = lua.create_table()?;
-    match ready {
-        None => {
-            result.set("default", true)?;
-            result.set("ok", true)?;
-        }
-        Some((idx, received)) => {
-            let (ud, core, send) = &list[idx];
-            result.set("channel", ud.clone())?;
-            match received {
-                Some(Some(item)) => {
-                    result.set("value", item_to_lua(&lua, item)?)?;
-                    result.set("ok", true)?;
-                }
-                Some(None) => result.set("ok", false)?,
-                None => {
-                    if core.is_closed() {
-                        return Err(mlua::Error::runtime("send on closed channel"));
-                    }
-                    core.push(Item::Lua(send.clone().unwrap_or(mlua::Value::Nil)));
-                    result.set("ok", true)?;
-                }
-            }
-        }
-    }
-    Ok(result)
+    select_result(&lua, &list, ready)
 }
 
 /// The `channel` global.
@@ -447,7 +532,14 @@ pub fn register(lua: &Lua, globals: &mlua::Table) -> mlua::Result<()> {
             Ok(Channel(ChanCore::new(Some(size as usize))))
         })?,
     )?;
-    t.set("select", lua.create_async_function(select)?)?;
+    t.set(
+        "select",
+        wait::wait_loop(
+            lua,
+            lua.create_function(try_select)?,
+            lua.create_async_function(select)?,
+        )?,
+    )?;
     globals.set("channel", crate::lua::sandbox::read_only(lua, t)?)?;
     Ok(())
 }

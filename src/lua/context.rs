@@ -49,6 +49,11 @@ pub struct ProcCtx {
     pub running_thread: Cell<*const std::ffi::c_void>,
     /// Set by the hook when it preempted the current poll (as opposed to a real wait).
     pub preempted: Cell<bool>,
+    /// The waker of the task polling this process now: synchronous waits (`receive`,
+    /// `select`) register it where they wait, instead of going through an mlua async call.
+    pub poll_waker: RefCell<Option<std::task::Waker>>,
+    /// Set by a synchronous wait that registered `poll_waker` during the current poll.
+    pub wait_armed: Cell<bool>,
     /// Since when the process has run without a real wait (preempted polls only).
     pub busy_since: Cell<Option<Instant>>,
     /// Whether this busy streak was already logged as a runaway.
@@ -85,6 +90,8 @@ impl ProcCtx {
             slice_start: Cell::new(Instant::now()),
             running_thread: Cell::new(std::ptr::null()),
             preempted: Cell::new(false),
+            poll_waker: RefCell::new(None),
+            wait_armed: Cell::new(false),
             busy_since: Cell::new(None),
             runaway_logged: Cell::new(false),
             budget_logged: Cell::new(false),
@@ -116,6 +123,8 @@ impl ProcCtx {
             slice_start: Cell::new(Instant::now()),
             running_thread: Cell::new(std::ptr::null()),
             preempted: Cell::new(false),
+            poll_waker: RefCell::new(None),
+            wait_armed: Cell::new(false),
             busy_since: Cell::new(None),
             runaway_logged: Cell::new(false),
             budget_logged: Cell::new(false),

@@ -11,4 +11,5 @@ pub mod function;
 pub mod modules;
 pub mod runner;
 pub mod sandbox;
+pub mod wait;
 pub mod worker;

@@ -308,6 +308,13 @@ impl Future for ProcTask {
             return Poll::Ready(Err(mlua::Error::runtime(reason)));
         }
         let task = &mut this.thread;
+        {
+            let mut waker = ctx.poll_waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        ctx.wait_armed.set(false);
         let polled = context::enter(&ctx, || {
             ctx.slice_start.set(std::time::Instant::now());
             ctx.running_thread.set(task.ptr);
@@ -315,7 +322,11 @@ impl Future for ProcTask {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 task.waiting = false;
                 let w = worker_lua();
-                match w.run_step(&task.body, task.args.take(), cx) {
+                let mut step = w.run_step_direct(&task.body, task.args.take());
+                if matches!(step, Ok((0, _, _))) && !ctx.wait_armed.get() {
+                    step = w.run_step(&task.body, None, cx);
+                }
+                match step {
                     Ok((0, _, _)) => {
                         task.waiting = true;
                         Poll::Pending

@@ -1,0 +1,69 @@
+//! Synchronous waits. A binding that finds nothing ready registers the polling task's waker
+//! where it would wait and yields the process coroutine with mlua's pending marker; when the
+//! task is woken the coroutine is resumed and the binding tries again.
+//!
+//! Why: an mlua async function costs a boxed future, a userdata and a Lua poll loop per call,
+//! even when the value is already there. `receive` and `select` are the hottest calls a process
+//! makes, so they try synchronously first and only pay for a yield when they really wait. A
+//! yield with the pending marker is exactly what an mlua async call does when it waits, so the
+//! scheduler (`worker::STEP`) and scripts' own coroutines (`coroutine.rs`) treat both alike.
+
+use crate::lua::context;
+use mlua::{Function, Lua, Table};
+use std::task::Waker;
+
+/// `try` found nothing ready and armed a wake-up: yield and try again when resumed.
+pub const WAIT: i64 = 0;
+/// Done: the wait returns `a`.
+pub const ONE: i64 = 1;
+/// Done: the wait returns `a, b`.
+pub const TWO: i64 = 2;
+/// Cannot wait synchronously here (no process poll to wake, or a rendezvous that must count
+/// its waiting receiver): call the async fallback with the same arguments.
+pub const SLOW: i64 = 3;
+
+const LOOP: &str = r#"
+local try, slow, yield, PENDING = ...
+return function(...)
+    local status, a, b = try(...)
+    while status == 0 do
+        if yield(PENDING) ~= nil then
+            -- Resumed with a value: mlua's terminate signal (the task was dropped while
+            -- waiting). Stay suspended; the script never runs again.
+            while true do yield() end
+        end
+        status, a, b = try(...)
+    end
+    if status == 1 then return a end
+    if status == 2 then return a, b end
+    return slow(...)
+end
+"#;
+
+/// A Lua function that calls `try(...)` until it is done, yielding the process while `try`
+/// says `WAIT`, and falls back to `slow(...)` on `SLOW`. `try` returns `(status, a, b)`.
+pub fn wait_loop(lua: &Lua, try_fn: Function, slow: Function) -> mlua::Result<Function> {
+    let coroutine: Table = lua.globals().raw_get("coroutine")?;
+    lua.load(LOOP).set_name("=wait").call((
+        try_fn,
+        slow,
+        coroutine.raw_get::<Function>("yield")?,
+        mlua::Value::LightUserData(Lua::poll_pending()),
+    ))
+}
+
+/// Hands the waker of the task polling the current process to `register` (each place the
+/// wait is waiting on) and notes that this poll's pending yield is armed. `false` outside a
+/// process poll: the caller must use its async fallback.
+pub fn arm(register: impl FnOnce(&Waker)) -> bool {
+    context::with_current(|ctx| {
+        let waker = ctx.poll_waker.borrow();
+        let Some(waker) = waker.as_ref() else {
+            return false;
+        };
+        register(waker);
+        ctx.wait_armed.set(true);
+        true
+    })
+    .unwrap_or(false)
+}
