@@ -5,4 +5,5 @@ pub mod middleware;
 pub mod router;
 pub mod server;
 pub mod static_files;
+pub mod ws_read_gate;
 pub mod ws_relay;

@@ -10,7 +10,7 @@ use crate::process::mailbox::Mailbox;
 use crate::process::pid::{Event, ExitResult, Message, Pid, Signal};
 use crate::process::value::Value;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::{HeaderMap, Response, StatusCode};
@@ -338,10 +338,11 @@ where
     tokio::pin!(shutdown_changed);
     let mut batch: Vec<Signal> = Vec::new();
     let mut frames: Vec<WsMessage> = Vec::new();
+    let read_gate = crate::http::ws_read_gate::ReadGate::default();
 
     let reason: String = 'conn: loop {
         tokio::select! {
-            frame = ws.next() => {
+            frame = poll_fn(|cx| read_gate.poll_next(&mut ws, cx)) => {
                 last_seen = Instant::now();
                 match frame {
                     Some(Ok(WsMessage::Text(t))) => {
