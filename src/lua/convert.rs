@@ -19,6 +19,75 @@ thread_local! {
     static LAST_SENT: std::cell::RefCell<Option<(usize, Bytes)>> = const { std::cell::RefCell::new(None) };
 }
 
+/// A record-like table (no sequence part, at most this many string/number/boolean keys and
+/// values) is remembered after it is copied, and the next table with equal content shares the
+/// copy.
+///
+/// Why: a fan-out loop such as the tutorial's ticker (`process.send(pid, "ws.send", {type =
+/// "text", data = data})` for every client) builds an equal small table for each send. Checking
+/// it against the last copy walks its few entries; copying it again costs five allocations,
+/// later freed on the receivers' core.
+const RECORD_MAX: usize = 4;
+
+thread_local! {
+    static LAST_RECORD: std::cell::RefCell<Option<Arc<Table>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether a Lua scalar equals an owned one exactly (an integer never equals a float).
+fn scalar_eq(lua_value: &mlua::Value, owned: &Value) -> bool {
+    match (lua_value, owned) {
+        (mlua::Value::String(s), Value::Str(b)) => s.as_bytes()[..] == b[..],
+        (mlua::Value::Integer(i), Value::Int(j)) => i == j,
+        (mlua::Value::Number(n), Value::Float(f)) => n.to_bits() == f.to_bits(),
+        (mlua::Value::Boolean(a), Value::Bool(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn is_scalar(v: &Value) -> bool {
+    matches!(
+        v,
+        Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_)
+    )
+}
+
+/// `t` holds exactly the entries of `record`, in the same iteration order.
+fn same_record(t: &mlua::Table, record: &Table) -> bool {
+    if t.raw_len() != 0 {
+        return false;
+    }
+    let mut seen = 0;
+    for pair in t.pairs::<mlua::Value, mlua::Value>() {
+        let Ok((k, v)) = pair else {
+            return false;
+        };
+        match record.map.get(seen) {
+            Some((rk, rv)) if scalar_eq(&k, rk) && scalar_eq(&v, rv) => seen += 1,
+            _ => return false,
+        }
+    }
+    seen == record.map.len()
+}
+
+fn cached_record(t: &mlua::Table) -> Option<Arc<Table>> {
+    LAST_RECORD.with(|last| {
+        last.borrow()
+            .as_ref()
+            .filter(|record| same_record(t, record))
+            .cloned()
+    })
+}
+
+fn remember_record(table: &Arc<Table>) {
+    if table.array.is_empty()
+        && !table.map.is_empty()
+        && table.map.len() <= RECORD_MAX
+        && table.map.iter().all(|(k, v)| is_scalar(k) && is_scalar(v))
+    {
+        LAST_RECORD.with(|last| *last.borrow_mut() = Some(table.clone()));
+    }
+}
+
 /// Per Lua state (app data): the `Bytes` last turned into a Lua string, and that string.
 /// Holding the `Bytes` keeps its buffer alive, so a pointer match means the same bytes.
 struct LastReceived(Bytes, mlua::String);
@@ -73,6 +142,9 @@ fn copy_in(v: &mlua::Value, stack: &mut Vec<*const std::ffi::c_void>) -> Result<
         mlua::Value::Number(n) => Value::Float(*n),
         mlua::Value::String(s) => Value::Str(string_bytes(s)),
         mlua::Value::Table(t) => {
+            if let Some(record) = cached_record(t) {
+                return Ok(Value::Table(record));
+            }
             let ptr = t.to_pointer();
             if stack.contains(&ptr) {
                 return Err(ErrorValue::new(
@@ -104,7 +176,9 @@ fn copy_in(v: &mlua::Value, stack: &mut Vec<*const std::ffi::c_void>) -> Result<
                 map.push((copy_in(&k, stack)?, copy_in(&val, stack)?));
             }
             stack.pop();
-            Value::Table(Arc::new(Table { array, map }))
+            let table = Arc::new(Table { array, map });
+            remember_record(&table);
+            Value::Table(table)
         }
         mlua::Value::UserData(_) => match as_error_value(v) {
             Some(e) => Value::Error(e),
@@ -182,6 +256,56 @@ mod tests {
         assert_eq!(from_lua(&f).unwrap_err().kind, ErrorKind::Invalid);
         let c: mlua::Value = lua.load("local t = {} t.self = t return t").eval().unwrap();
         assert_eq!(from_lua(&c).unwrap_err().kind, ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn equal_records_share_one_copy_and_different_ones_do_not() {
+        let lua = Lua::new();
+        let make = lua
+            .load("return function(kind, data) return {type = kind, data = data} end")
+            .eval::<mlua::Function>()
+            .unwrap();
+        let copy = |kind: &str, data: mlua::Value| {
+            let t: mlua::Value = make.call((kind, data)).unwrap();
+            match from_lua(&t).unwrap() {
+                Value::Table(t) => t,
+                other => panic!("{other:?}"),
+            }
+        };
+        let a = copy("text", mlua::Value::Integer(1));
+        let b = copy("text", mlua::Value::Integer(1));
+        assert!(Arc::ptr_eq(&a, &b), "an equal record shares the copy");
+        let c = copy("binary", mlua::Value::Integer(1));
+        assert!(!Arc::ptr_eq(&a, &c), "another value is another copy");
+        assert_eq!(c.map.len(), 2);
+        let d = copy("binary", mlua::Value::Number(1.0));
+        assert!(!Arc::ptr_eq(&c, &d), "1.0 is not 1");
+        assert_eq!(
+            to_lua(&lua, &Value::Table(d))
+                .unwrap()
+                .as_table()
+                .unwrap()
+                .get::<mlua::Value>("data")
+                .unwrap(),
+            mlua::Value::Number(1.0)
+        );
+        // A table with one more entry is not the remembered record.
+        let bigger: mlua::Value = lua
+            .load("return {type = 'binary', data = 1.0, extra = true}")
+            .eval()
+            .unwrap();
+        match from_lua(&bigger).unwrap() {
+            Value::Table(t) => assert_eq!(t.map.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        // Nested tables are never shared.
+        let nested: mlua::Value = lua.load("return {inner = {n = 1}}").eval().unwrap();
+        let (Value::Table(x), Value::Table(y)) =
+            (from_lua(&nested).unwrap(), from_lua(&nested).unwrap())
+        else {
+            panic!("tables expected");
+        };
+        assert!(!Arc::ptr_eq(&x, &y));
     }
 
     #[test]
