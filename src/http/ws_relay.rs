@@ -363,13 +363,13 @@ where
                     Some(Ok(WsMessage::Close(_))) => {
                         // tungstenite queued the close reply; send it, or the client sees an
                         // abnormal closure (1006) instead of completing the closing handshake.
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, ws.flush())).await;
                         break 'conn "client closed".to_string();
                     }
                     None => break 'conn "client closed".to_string(),
                     Some(Ok(_)) => {}
                     Some(Err(tungstenite::Error::Capacity(e))) => {
-                        let _ = ws.send(close_frame(CloseCode::Size, "frame too large")).await;
+                        let _ = Box::pin(ws.send(close_frame(CloseCode::Size, "frame too large"))).await;
                         break 'conn format!("server closed: {e}");
                     }
                     Some(Err(e)) => break 'conn format!("client closed: {e}"),
@@ -377,14 +377,14 @@ where
             }
             _ = poll_fn(|cx| if proc.mailbox.register(cx.waker()) { Poll::Pending } else { Poll::Ready(()) }) => {
                 if let Some(r) = proc.mailbox.kill_reason() {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(close_frame(CloseCode::Normal, "terminated"))).await;
+                    let _ = send_within(&mut ws, CLOSE_TIMEOUT, close_frame(CloseCode::Normal, "terminated")).await;
                     break 'conn format!("server closed: {r}");
                 }
                 if proc.mailbox.overflowed() {
                     METRICS.ws_slow_client_drops.inc();
                     tracing::warn!(client_pid = %pid, queue = state.ws_buffer, "WebSocket client too slow; closing with 1013");
                     // The socket is likely full, so the close frame gets a short budget only.
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(close_frame(CloseCode::Again, "client too slow"))).await;
+                    let _ = send_within(&mut ws, CLOSE_TIMEOUT, close_frame(CloseCode::Again, "client too slow")).await;
                     break 'conn "server closed: client too slow".to_string();
                 }
                 proc.mailbox.drain(&mut batch);
@@ -426,23 +426,28 @@ where
                         }
                         ws.flush().await
                     };
-                    let overflow = async {
-                        loop {
-                            tokio::time::sleep(STALL_CHECK).await;
-                            if proc.mailbox.overflowed() {
-                                break;
-                            }
-                        }
-                    };
                     // Most writes finish at once (the socket has room): no timers for those.
                     let mut write = std::pin::pin!(write);
                     match poll_fn(|cx| Poll::Ready(std::future::Future::poll(write.as_mut(), cx))).await {
                         Poll::Ready(r) => Some(Ok(r)),
-                        Poll::Pending => tokio::select! {
-                            biased;
-                            r = tokio::time::timeout(WRITE_TIMEOUT, write) => Some(r),
-                            () = overflow => None,
-                        },
+                        // Boxed: the timers of a blocked write would otherwise be part of every
+                        // connection's task, most of which never block.
+                        Poll::Pending => Box::pin(async {
+                            let overflow = async {
+                                loop {
+                                    tokio::time::sleep(STALL_CHECK).await;
+                                    if proc.mailbox.overflowed() {
+                                        break;
+                                    }
+                                }
+                            };
+                            tokio::select! {
+                                biased;
+                                r = tokio::time::timeout(WRITE_TIMEOUT, write) => Some(r),
+                                () = overflow => None,
+                            }
+                        })
+                        .await,
                     }
                 };
                 frames.clear();
@@ -459,7 +464,7 @@ where
                 };
                 if let Some(r) = closing {
                     let target_exited = r == "target process exited";
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(close_frame(CloseCode::Normal, &r))).await;
+                    let _ = send_within(&mut ws, WRITE_TIMEOUT, close_frame(CloseCode::Normal, &r)).await;
                     break 'conn if target_exited { r } else { format!("server closed: {r}") };
                 }
             }
@@ -474,17 +479,17 @@ where
                 if now >= ping_due {
                     ping_due = now + PING_INTERVAL;
                     if last_seen.elapsed() > idle_limit {
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.send(close_frame(CloseCode::Away, "idle timeout"))).await;
+                        let _ = send_within(&mut ws, WRITE_TIMEOUT, close_frame(CloseCode::Away, "idle timeout")).await;
                         break 'conn "server closed: idle timeout".to_string();
                     }
-                    if tokio::time::timeout(WRITE_TIMEOUT, ws.send(WsMessage::Ping(Bytes::new()))).await.is_err() {
+                    if send_within(&mut ws, WRITE_TIMEOUT, WsMessage::Ping(Bytes::new())).await.is_err() {
                         break 'conn "server closed: write timeout".to_string();
                     }
                 }
                 timer.as_mut().reset(heartbeat_due.min(ping_due));
             }
             _ = &mut shutdown_changed => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(close_frame(CloseCode::Away, "server shutting down"))).await;
+                let _ = send_within(&mut ws, Duration::from_secs(1), close_frame(CloseCode::Away, "server shutting down")).await;
                 break 'conn "server closed: shutdown".to_string();
             }
         }
@@ -502,6 +507,22 @@ where
         &pid,
         ExitResult::Value(Value::str("websocket connection closed")),
     );
+}
+
+/// What `send_within` resolves to: the send's own result, or the limit ran out.
+type TimedSend = Result<Result<(), tungstenite::Error>, tokio::time::error::Elapsed>;
+
+/// `ws.send(message)` within `limit`, boxed: the close and keepalive sends are rare, and their
+/// futures (a timer each) would otherwise be part of every connection's task.
+fn send_within<'a, S>(
+    ws: &'a mut WebSocketStream<S>,
+    limit: Duration,
+    message: WsMessage,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = TimedSend> + 'a>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'a,
+{
+    Box::pin(tokio::time::timeout(limit, ws.send(message)))
 }
 
 fn apply_control(
