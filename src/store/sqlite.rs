@@ -582,6 +582,31 @@ enum Flow {
     Stop,
 }
 
+/// How long the connection thread keeps looking for the next job (yielding its core between
+/// looks) before it sleeps on the channel.
+///
+/// Why: under load the next query is usually a few tens of microseconds away. Sleeping at once
+/// cost a futex wake-up and two context switches per query on the 2-core machine (about a fifth
+/// of the token exchange's time); looking for 100 µs first gave +8 % requests/s on
+/// `POST /auth/token` in alternating runs. Idle, it costs at most 100 µs of yields per query.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
+
+/// The next job: taken at once if one arrives within `SPIN_BEFORE_SLEEP`, else waited for.
+fn recv_soon(rx: &mpsc::Receiver<Job>) -> Result<Job, mpsc::RecvError> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Ok(job),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        if start.elapsed() >= SPIN_BEFORE_SLEEP {
+            return rx.recv();
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// State owned by the connection thread.
 struct Worker {
     conn: Option<Connection>,
@@ -619,7 +644,7 @@ impl Worker {
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                _ => match rx.recv() {
+                _ => match recv_soon(&rx) {
                     Ok(job) => job,
                     Err(_) => break,
                 },
