@@ -234,9 +234,9 @@ impl StaticSite {
         let len = c.bytes.len() as u64;
         let validators = Validators {
             etag: &c.etag,
-            etag_value: c.etag_value.clone(),
+            etag_value: &c.etag_value,
             mtime: c.mtime,
-            last_modified: c.last_modified.clone(),
+            last_modified: c.last_modified.as_ref(),
         };
         match self.plan(&validators, c.content_type, len, cond) {
             Plan::Answer(resp) => resp,
@@ -274,7 +274,7 @@ impl StaticSite {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        if let Some(lm) = &v.last_modified {
+        if let Some(lm) = v.last_modified {
             h.insert(header::LAST_MODIFIED, lm.clone());
         }
         if let Some(cc) = &self.cache_control {
@@ -362,12 +362,14 @@ impl StaticSite {
         let len = meta.len();
         let mtime = meta.modified().ok();
         let etag = make_etag(len, mtime);
+        let etag_value = HeaderValue::from_str(&etag).expect("etags are ASCII");
+        let last_modified =
+            mtime.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok());
         let validators = Validators {
             etag: &etag,
-            etag_value: HeaderValue::from_str(&etag).expect("etags are ASCII"),
+            etag_value: &etag_value,
             mtime,
-            last_modified: mtime
-                .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+            last_modified: last_modified.as_ref(),
         };
         let (h, status, start, count) = match self.plan(&validators, content_type, len, cond) {
             Plan::Answer(resp) => return Ok(resp),
@@ -398,9 +400,9 @@ impl StaticSite {
 /// A file's validators, borrowed from the cache or made for one read from disk.
 struct Validators<'a> {
     etag: &'a str,
-    etag_value: HeaderValue,
+    etag_value: &'a HeaderValue,
     mtime: Option<SystemTime>,
-    last_modified: Option<HeaderValue>,
+    last_modified: Option<&'a HeaderValue>,
 }
 
 enum Plan {

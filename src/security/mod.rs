@@ -18,6 +18,8 @@ pub use policy::{CompiledPolicy, Decision};
 pub use scope::Scope;
 
 use crate::registry::kinds::{self, EntryId, SecurityContextSpec};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Wall-clock Unix seconds: token expiries, signature timestamps, account records.
 pub fn unix_now() -> i64 {
@@ -26,8 +28,6 @@ pub fn unix_now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
 }
-use std::collections::HashMap;
-use std::sync::Arc;
 
 /// Every compiled policy of the current registry, and the groups they declare.
 #[derive(Default, Debug)]
