@@ -67,3 +67,62 @@ pub fn arm(register: impl FnOnce(&Waker)) -> bool {
     })
     .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A coroutine in `wait_loop`, whose `try` waits once and is then ready with "value";
+    /// the script records what it does after the wait in the global `after`.
+    fn waiting_coroutine(lua: &Lua) -> mlua::Thread {
+        let tries = lua
+            .load(
+                r#"
+                local n = 0
+                return function()
+                    n = n + 1
+                    if n == 1 then return 0 end
+                    return 2, "value", true
+                end
+                "#,
+            )
+            .eval::<Function>()
+            .unwrap();
+        let slow = lua.create_function(|_, ()| Ok("slow")).unwrap();
+        let wait = wait_loop(lua, tries, slow).unwrap();
+        let body = lua
+            .load("local wait = ... return function() after = wait() end")
+            .call::<Function>(wait)
+            .unwrap();
+        lua.create_thread(body).unwrap()
+    }
+
+    #[test]
+    fn a_wait_resumed_normally_tries_again_and_returns() {
+        let lua = Lua::new();
+        let co = waiting_coroutine(&lua);
+        let first: mlua::Value = co.resume(()).unwrap();
+        assert_eq!(first, mlua::Value::LightUserData(Lua::poll_pending()));
+        co.resume::<()>(()).unwrap();
+        assert_eq!(lua.globals().get::<String>("after").unwrap(), "value");
+    }
+
+    #[test]
+    fn a_wait_resumed_with_a_terminate_signal_never_runs_the_script_again() {
+        let lua = Lua::new();
+        let co = waiting_coroutine(&lua);
+        co.resume::<mlua::Value>(()).unwrap();
+        // Anything resumed with a value is mlua's terminate signal.
+        co.resume::<()>("terminate").unwrap();
+        co.resume::<()>(()).unwrap();
+        assert_eq!(
+            co.status(),
+            mlua::ThreadStatus::Resumable,
+            "stays suspended"
+        );
+        assert!(
+            lua.globals().get::<mlua::Value>("after").unwrap().is_nil(),
+            "the script went on after its terminate"
+        );
+    }
+}
