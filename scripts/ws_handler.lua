@@ -2,13 +2,6 @@
 -- its owner's alerts, answers pings, and unsubscribes when the relay says the client left.
 local logger = require("logger")
 local json = require("json")
-local security = require("security")
-
--- The users.id behind the connection (the actor was inherited from the upgrade request).
-local function owner_id()
-    local actor = security.actor()
-    return actor and actor:meta().user_id
-end
 
 local function send_json(client_pid, message)
     process.send(client_pid, "ws.send", {type = "text", data = json.encode(message)})
@@ -20,7 +13,6 @@ local function on_join(state, data)
     send_json(state.client_pid, {type = "welcome", user_id = state.user_id})
     process.send("ticker", "subscribe", {client_pid = state.client_pid, handler_pid = process.pid()})
     state.subscribed = true
-    state.owner = owner_id()
     if state.owner then
         -- Best effort: without a running alerts process the ticker still works.
         process.send("alerts", "watch", {user_id = state.owner, handler_pid = process.pid(), client_pid = state.client_pid})
@@ -45,8 +37,10 @@ local function on_leave(state, data)
     end
 end
 
-local function main(user_id)
-    local state = {user_id = user_id, client_pid = nil, subscribed = false}
+-- `owner` is the users.id behind the connection (nil for a key without a user row), read by
+-- the upgrade handler from the actor it authenticated: the handler needs no actor of its own.
+local function main(user_id, owner)
+    local state = {user_id = user_id, owner = owner, client_pid = nil, subscribed = false}
     local inbox = process.inbox()
     logger:info("handler started", {user_id = user_id})
 

@@ -23,7 +23,7 @@ local function handler()
     end
 
     local user_id = actor:id()
-    local pid, err = process.spawn("app:ws_handler", "app:processes", user_id)
+    local pid, err = process.spawn("app:ws_handler", "app:processes", user_id, actor:meta().user_id)
     if err then
         logger:error("spawn failed", {error = tostring(err), user_id = user_id})
         res:set_status(http.STATUS.INTERNAL_ERROR)

@@ -25,6 +25,9 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Capacity of a connection's read buffer, kept by every connection while it idles. Clients send
+/// small frames (pings, commands); a larger frame still arrives, the buffer grows for it.
+const READ_BUFFER: usize = 256;
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Budget for a close frame to a client that may have stopped reading.
@@ -168,7 +171,7 @@ pub fn accept(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
-                    .read_buffer_size(1024)
+                    .read_buffer_size(READ_BUFFER)
                     .write_buffer_size(0)
                     // Any one outbound frame must fit (the 64 KiB limit is for client
                     // frames): tungstenite refuses a frame larger than this outright. The
