@@ -10,7 +10,7 @@ cargo build --release --quiet --bin moonwire
 
 work=$(mktemp -d)
 pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 cp -r registry scripts public "$work/"
 cp -r bench/reload/registry "$work/registry/bench"

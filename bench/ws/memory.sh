@@ -10,25 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 N=${1:-5000}
-shared=${SHARED:-$repo/../shared}
-tools=$repo/target/bench-tools
-mkdir -p "$tools"
-[ -d "$tools/bench" ] || cp -r "$shared/bench" "$tools/bench"
-chmod -R u+w "$tools/bench"
-WSLOAD=$tools/bench/wsload/target/release/wsload
-[ -x "$WSLOAD" ] || (cd "$tools/bench/wsload" && cargo build --release --quiet)
-ulimit -n "$(ulimit -Hn)"
+. bench/ws/tools.sh
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bin moonwire
 work=$(mktemp -d)
 spid=""
-cleanup() { [ -n "$spid" ] && kill -TERM "$spid" 2>/dev/null; sleep 0.5; [ -n "$spid" ] && kill -KILL "$spid" 2>/dev/null; rm -rf "$work"; }
+cleanup() { stop_server; [ -z "${KEEP_LOG:-}" ] || cp "$work/server.log" "$KEEP_LOG"; rm -rf "$work"; }
 trap cleanup EXIT
 cp -r registry scripts public "$work/"
 sed -i 's/^local TICK = "10ms"/local TICK = "1h"/' "$work/scripts/ticker.lua"
 [ -z "${NO_HANDLER:-}" ] || sed -i 's/local pid, err = process.spawn("app:ws_handler", "app:processes", user_id, actor:meta().user_id)/local pid, err = process.registry.lookup("ticker")/' "$work/scripts/ws_ticker.lua"
 grep -q 'local TICK = "1h"' "$work/scripts/ticker.lua"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-(cd "$work" && MOONWIRE_LOG=warn exec "$repo/target/release/moonwire" run --no-watch --addr "127.0.0.1:$port" 2> "$work/server.log") &
+(cd "$work" && MOONWIRE_LOG=${MOONWIRE_LOG:-warn} exec "$repo/target/release/moonwire" run --no-watch --addr "127.0.0.1:$port" 2> "$work/server.log") &
 spid=$!
 for _ in $(seq 100); do [ -s "$work/data/auth.db" ] && curl -s -o /dev/null "http://127.0.0.1:$port/api/ticker" && break; sleep 0.1; done
 sleep 1

@@ -12,14 +12,7 @@ repo=$PWD
 MODE=${1:?usage: run.sh MODE N [DURATION_S]}
 N=${2:?usage: run.sh MODE N [DURATION_S]}
 DUR=${3:-20}
-shared=${SHARED:-$repo/../shared}
-tools=$repo/target/bench-tools
-mkdir -p "$tools"
-[ -d "$tools/bench" ] || cp -r "$shared/bench" "$tools/bench"
-chmod -R u+w "$tools/bench"
-WSLOAD=$tools/bench/wsload/target/release/wsload
-[ -x "$WSLOAD" ] || (cd "$tools/bench/wsload" && cargo build --release --quiet)
-ulimit -n "$(ulimit -Hn)"
+. bench/ws/tools.sh
 
 summary() {
   python3 -c '
@@ -47,7 +40,7 @@ esac
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bin moonwire
 work=$(mktemp -d)
 spid=""
-cleanup() { [ -n "$spid" ] && kill -TERM "$spid" 2>/dev/null; sleep 0.5; [ -n "$spid" ] && kill -KILL "$spid" 2>/dev/null; rm -rf "$work"; }
+cleanup() { stop_server; rm -rf "$work"; }
 trap cleanup EXIT
 cp -r public "$work/"
 if [ "$MODE" = app ]; then

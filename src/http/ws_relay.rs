@@ -372,7 +372,8 @@ where
                     None => break 'conn "client closed".to_string(),
                     Some(Ok(_)) => {}
                     Some(Err(tungstenite::Error::Capacity(e))) => {
-                        let _ = Box::pin(ws.send(close_frame(CloseCode::Size, "frame too large"))).await;
+                        // A client that sent an oversized frame may not read either: bounded.
+                        let _ = send_within(&mut ws, CLOSE_TIMEOUT, close_frame(CloseCode::Size, "frame too large")).await;
                         break 'conn format!("server closed: {e}");
                     }
                     Some(Err(e)) => break 'conn format!("client closed: {e}"),

@@ -744,38 +744,28 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
             })
         })?,
     )?;
-    p.set(
-        "monitor",
-        lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.monitor", |ctx, pid| {
-                ctx.node.procs.monitor(ctx.pid(), pid)
-            })
-        })?,
-    )?;
-    p.set(
-        "unmonitor",
-        lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.unmonitor", |ctx, pid| {
-                ctx.node.procs.demonitor(ctx.pid(), pid)
-            })
-        })?,
-    )?;
-    p.set(
-        "link",
-        lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.link", |ctx, pid| {
-                ctx.node.procs.link(ctx.pid(), pid)
-            })
-        })?,
-    )?;
-    p.set(
-        "unlink",
-        lua.create_function(|lua, dest: mlua::Value| {
-            with_target(lua, dest, "process.unlink", |ctx, pid| {
-                ctx.node.procs.unlink(ctx.pid(), pid)
-            })
-        })?,
-    )?;
+    // The pairwise relations: each is one table operation on (caller, target).
+    type Relation = fn(&crate::process::table::ProcessTable, &Pid, &Pid);
+    let relations: [(&str, &'static str, Relation); 4] = [
+        ("monitor", "process.monitor", |t, me, pid| {
+            t.monitor(me, pid)
+        }),
+        ("unmonitor", "process.unmonitor", |t, me, pid| {
+            t.demonitor(me, pid)
+        }),
+        ("link", "process.link", |t, me, pid| t.link(me, pid)),
+        ("unlink", "process.unlink", |t, me, pid| t.unlink(me, pid)),
+    ];
+    for (name, action, relate) in relations {
+        p.set(
+            name,
+            lua.create_function(move |lua, dest: mlua::Value| {
+                with_target(lua, dest, action, |ctx, pid| {
+                    relate(&ctx.node.procs, ctx.pid(), pid)
+                })
+            })?,
+        )?;
+    }
     p.set(
         "get_options",
         lua.create_function(|lua, ()| {

@@ -440,50 +440,43 @@ fn resolve_id(id: &str) -> Option<EntryId> {
     EntryId::resolve(id, &context::current_namespace())
 }
 
-fn policy(lua: &Lua, id: String) -> Ret {
-    let Some(entry) = resolve_id(&id) else {
-        return fail(lua, ErrorKind::Invalid, format!("invalid policy id {id:?}"));
-    };
+/// The entry `id` names, once `action` on it is permitted; `what` names the kind in errors.
+fn permitted_entry(id: &str, what: &str, action: &str) -> Result<EntryId, (ErrorKind, String)> {
+    let entry =
+        resolve_id(id).ok_or_else(|| (ErrorKind::Invalid, format!("invalid {what} id {id:?}")))?;
     let resource = entry.to_string();
-    if !permitted("security.policy.get", &resource, None) {
-        return fail(
-            lua,
-            ErrorKind::Invalid,
-            denied("security.policy.get", &resource),
-        );
+    if !permitted(action, &resource, None) {
+        return Err((ErrorKind::Invalid, denied(action, &resource)));
     }
+    Ok(entry)
+}
+
+fn policy(lua: &Lua, id: String) -> Ret {
+    let entry = match permitted_entry(&id, "policy", "security.policy.get") {
+        Ok(e) => e,
+        Err((kind, message)) => return fail(lua, kind, message),
+    };
     match current_policies().get(&entry) {
         Some(p) => ok(lua, LuaPolicy(p)),
         None => fail(
             lua,
             ErrorKind::Internal,
-            format!("policy not found: {resource}"),
+            format!("policy not found: {entry}"),
         ),
     }
 }
 
 fn named_scope(lua: &Lua, id: String) -> Ret {
-    let Some(entry) = resolve_id(&id) else {
-        return fail(
-            lua,
-            ErrorKind::Invalid,
-            format!("invalid policy group id {id:?}"),
-        );
+    let entry = match permitted_entry(&id, "policy group", "security.policy_group.get") {
+        Ok(e) => e,
+        Err((kind, message)) => return fail(lua, kind, message),
     };
-    let resource = entry.to_string();
-    if !permitted("security.policy_group.get", &resource, None) {
-        return fail(
-            lua,
-            ErrorKind::Invalid,
-            denied("security.policy_group.get", &resource),
-        );
-    }
     match current_policies().group_scope(&entry) {
         Some(s) => ok(lua, LuaScope(s)),
         None => fail(
             lua,
             ErrorKind::Internal,
-            format!("policy group not found or empty: {resource}"),
+            format!("policy group not found or empty: {entry}"),
         ),
     }
 }
@@ -492,27 +485,16 @@ fn token_store(lua: &Lua, id: String) -> Ret {
     if id.trim().is_empty() {
         return fail(lua, ErrorKind::Invalid, "token store id is empty");
     }
-    let Some(entry) = resolve_id(&id) else {
-        return fail(
-            lua,
-            ErrorKind::Invalid,
-            format!("invalid token store id {id:?}"),
-        );
+    let entry = match permitted_entry(&id, "token store", "security.token_store.get") {
+        Ok(e) => e,
+        Err((kind, message)) => return fail(lua, kind, message),
     };
-    let resource = entry.to_string();
-    if !permitted("security.token_store.get", &resource, None) {
-        return fail(
-            lua,
-            ErrorKind::Invalid,
-            denied("security.token_store.get", &resource),
-        );
-    }
     match lookup_token_store(&entry) {
         Some(store) => ok(lua, LuaTokenStore::new(entry, store)),
         None => fail(
             lua,
             ErrorKind::Internal,
-            format!("token store not found: {resource}"),
+            format!("token store not found: {entry}"),
         ),
     }
 }
