@@ -29,19 +29,27 @@ impl UserData for LuaMessage {
         methods.add_method("from", |lua, this, ()| {
             this.0.from.as_ref().map(|p| pid_string(lua, p)).transpose()
         });
-        methods.add_method("payload", |lua, this, ()| match this.0.payloads.len() {
-            0 => Ok(mlua::Value::Nil),
-            1 => Ok(mlua::Value::UserData(
-                lua.create_userdata(Payload(this.0.payloads[0].clone()))?,
-            )),
-            _ => {
-                let t = lua.create_table()?;
-                for (i, p) in this.0.payloads.iter().enumerate() {
-                    t.raw_set(i + 1, Payload(p.clone()))?;
+        // A message with one payload is its own payload view (`data`, `get_format` below):
+        // one userdata per received message instead of two, on the hottest path there is.
+        methods.add_function("payload", |lua, this: AnyUserData| {
+            let count = this.borrow::<LuaMessage>()?.0.payloads.len();
+            match count {
+                0 => Ok(mlua::Value::Nil),
+                1 => Ok(mlua::Value::UserData(this)),
+                _ => {
+                    let t = lua.create_table()?;
+                    for (i, p) in this.borrow::<LuaMessage>()?.0.payloads.iter().enumerate() {
+                        t.raw_set(i + 1, Payload(p.clone()))?;
+                    }
+                    Ok(mlua::Value::Table(t))
                 }
-                Ok(mlua::Value::Table(t))
             }
         });
+        methods.add_method("data", |lua, this, ()| match this.0.payloads.first() {
+            Some(v) => ok(lua, convert::to_lua(lua, v)?),
+            None => ok(lua, mlua::Value::Nil),
+        });
+        methods.add_method("get_format", |_, _, ()| Ok("lua"));
     }
 }
 
@@ -132,6 +140,12 @@ pub fn payload_value(v: &mlua::Value) -> Result<Value, crate::process::value::Er
     if let mlua::Value::UserData(ud) = v {
         if let Ok(p) = ud.borrow::<Payload>() {
             return Ok(p.0.clone());
+        }
+        // A one-payload message passed on as its own payload (see `LuaMessage`).
+        if let Ok(m) = ud.borrow::<LuaMessage>() {
+            if let [only] = m.0.payloads.as_slice() {
+                return Ok(only.clone());
+            }
         }
     }
     convert::from_lua(v)
