@@ -46,8 +46,16 @@ fn make_logger(lua: &Lua, state: Arc<LoggerState>) -> mlua::Result<Table> {
             name,
             lua.create_function(move |_, args: MultiValue| {
                 let mut args = strip_self(args);
-                let msg = message_arg(args.pop_front().unwrap_or(Value::Nil), name)?;
-                let fields = fields_arg(args.pop_front().unwrap_or(Value::Nil), name)?;
+                let msg = args.pop_front().unwrap_or(Value::Nil);
+                let fields = args.pop_front().unwrap_or(Value::Nil);
+                // Bad arguments raise at every level; a record below the configured level
+                // is not rendered (its fields can be whole tables, turned into JSON).
+                check_arg_types(&msg, &fields, name)?;
+                if !enabled(level) {
+                    return Ok(());
+                }
+                let msg = message_arg(msg, name)?;
+                let fields = fields_arg(fields, name)?;
                 emit(&st, level, &msg, &fields);
                 Ok(())
             })?,
@@ -131,6 +139,23 @@ fn message_arg(v: Value, fname: &str) -> mlua::Result<String> {
     }
 }
 
+/// The type checks of `message_arg` and `fields_arg`, without building anything.
+fn check_arg_types(msg: &Value, fields: &Value, fname: &str) -> mlua::Result<()> {
+    if !matches!(msg, Value::String(_) | Value::Integer(_) | Value::Number(_)) {
+        return Err(mlua::Error::runtime(format!(
+            "bad argument #1 to '{fname}' (string expected, got {})",
+            msg.type_name()
+        )));
+    }
+    if !matches!(fields, Value::Nil | Value::Table(_)) {
+        return Err(mlua::Error::runtime(format!(
+            "bad argument #2 to '{fname}' (table expected, got {})",
+            fields.type_name()
+        )));
+    }
+    Ok(())
+}
+
 fn fields_arg(v: Value, fname: &str) -> mlua::Result<Vec<(String, String)>> {
     match v {
         Value::Nil => Ok(Vec::new()),
@@ -211,6 +236,16 @@ fn merge(base: &mut Vec<(String, String)>, extra: Vec<(String, String)>) {
     }
 }
 
+/// Whether a `lua` record at `level` would be written (levels must be constants per callsite).
+fn enabled(level: Level) -> bool {
+    match level {
+        Level::Debug => tracing::enabled!(target: "lua", tracing::Level::DEBUG),
+        Level::Info => tracing::enabled!(target: "lua", tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(target: "lua", tracing::Level::WARN),
+        Level::Error => tracing::enabled!(target: "lua", tracing::Level::ERROR),
+    }
+}
+
 fn emit(state: &LoggerState, level: Level, msg: &str, call_fields: &[(String, String)]) {
     let mut fields = state.fields.clone();
     merge(&mut fields, call_fields.to_vec());
@@ -278,6 +313,41 @@ mod tests {
         }
         let out = buf.0.lock().unwrap().clone();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn records_below_the_level_are_not_rendered_but_still_checked() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || w.clone())
+            .finish();
+        let lua = state();
+        // A field whose rendering fails the test shows the record was not rendered.
+        tracing::subscriber::with_default(subscriber, || {
+            run(
+                &lua,
+                r#"local rendered = 0
+                   local function probe()
+                       return {[setmetatable({}, {__tostring = function()
+                           rendered = rendered + 1
+                           return "probe"
+                       end})] = 1}
+                   end
+                   logger:info("skipped", probe())
+                   logger:debug("quiet", probe())
+                   assert(rendered == 0, "a record below the level was rendered")
+                   assert(not pcall(logger.info, logger, {}), "bad arguments still raise")
+                   logger:warn("kept", probe())
+                   assert(rendered == 1, "the probe works")"#,
+            )
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("WARN lua: kept probe=1"), "{out}");
+        assert!(!out.contains("skipped") && !out.contains("quiet"), "{out}");
     }
 
     #[test]
