@@ -5,5 +5,6 @@ pub mod middleware;
 pub mod router;
 pub mod server;
 pub mod static_files;
+pub mod ws_outlet;
 pub mod ws_read_gate;
 pub mod ws_relay;

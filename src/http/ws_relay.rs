@@ -5,6 +5,7 @@
 
 use crate::http::router::WsRelayOptions;
 use crate::http::server::{error_response, Body, ServerState};
+use crate::http::ws_outlet::{encode_data_frame, Outlet};
 use crate::metrics::{self, METRICS};
 use crate::process::mailbox::Mailbox;
 use crate::process::pid::{Event, ExitResult, Message, Pid, Signal};
@@ -173,15 +174,13 @@ pub fn accept(
                 let config = WebSocketConfig::default()
                     .read_buffer_size(READ_BUFFER)
                     .write_buffer_size(0)
-                    // Any one outbound frame must fit (the 64 KiB limit is for client
-                    // frames): tungstenite refuses a frame larger than this outright. The
-                    // buffer still holds at most one frame beyond the socket, because every
-                    // feed first waits for the previous write to drain.
+                    // tungstenite writes control frames only (data frames go through the
+                    // outlet in batches), and the outlet accepts each write whole.
                     .max_write_buffer_size(usize::MAX)
                     .max_message_size(Some(MAX_FRAME))
                     .max_frame_size(Some(MAX_FRAME));
                 let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    Outlet::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )
@@ -281,6 +280,35 @@ fn raw_frame(payload: Value) -> WsMessage {
 }
 
 thread_local! {
+    /// Where a batch of frames is encoded before it is written: one buffer per worker thread,
+    /// so an idle connection holds none.
+    static BATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A worker's batch buffer keeps its allocation only up to this size.
+const BATCH_KEEP_CAPACITY: usize = 256 * 1024;
+
+/// Encodes `frames` (text and binary, as `outbound` makes them) into the worker's batch buffer,
+/// empties `frames`, and hands the bytes to `write`.
+fn encode_batch<R>(frames: &mut Vec<WsMessage>, write: impl FnOnce(&[u8]) -> R) -> R {
+    BATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        for frame in frames.drain(..) {
+            match &frame {
+                WsMessage::Text(t) => encode_data_frame(buf, 1, t.as_bytes()),
+                WsMessage::Binary(b) => encode_data_frame(buf, 2, b),
+                other => debug_assert!(false, "not a data frame: {other:?}"),
+            }
+        }
+        let result = write(buf);
+        if buf.capacity() > BATCH_KEEP_CAPACITY {
+            *buf = Vec::new();
+        }
+        result
+    })
+}
+
+thread_local! {
     /// The last broadcast buffer validated as UTF-8 on this worker. A ticker sends one shared
     /// `Bytes` to every client, so one check serves them all; holding the clone keeps the
     /// buffer alive, so an equal pointer and length mean the same bytes.
@@ -304,8 +332,11 @@ fn shared_text(bytes: Bytes) -> Result<Utf8Bytes, Bytes> {
     })
 }
 
-async fn run_connection<S>(state: Arc<ServerState>, mut ws: WebSocketStream<S>, mut plan: Plan)
-where
+async fn run_connection<S>(
+    state: Arc<ServerState>,
+    mut ws: WebSocketStream<Outlet<S>>,
+    mut plan: Plan,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let procs = state.node.procs.clone();
@@ -420,16 +451,23 @@ where
                     }
                 }
                 let fed = frames.len() as u64;
-                // A client that stops reading blocks the write (feed waits for socket space).
+                // The whole batch is one buffer and, when the socket has room, one write.
+                // A client that stops reading blocks the write until the socket takes it all.
                 // Meanwhile its queue keeps filling: watch for the overflow so it is closed
                 // with 1013 at once instead of after WRITE_TIMEOUT, or never.
                 let written = {
-                    let write = async {
-                        for f in frames.drain(..) {
-                            ws.feed(f).await?;
+                    let mut staged = false;
+                    let write = poll_fn(|cx| {
+                        let outlet = ws.get_mut();
+                        if !staged {
+                            staged = true;
+                            let sent = encode_batch(&mut frames, |bytes| outlet.poll_send(cx, bytes));
+                            if sent.is_ready() {
+                                return sent;
+                            }
                         }
-                        ws.flush().await
-                    };
+                        outlet.poll_drain(cx)
+                    });
                     // Most writes finish at once (the socket has room): no timers for those.
                     let mut write = std::pin::pin!(write);
                     match poll_fn(|cx| Poll::Ready(std::future::Future::poll(write.as_mut(), cx))).await {
