@@ -575,47 +575,40 @@ pub fn register_time_async(lua: &Lua, time: &mlua::Table) -> mlua::Result<()> {
     )?;
     time.set(
         "timer",
-        lua.create_function(|lua, d: mlua::Value| match positive_duration(&d) {
-            Ok(d) => {
-                let core = ChanCore::new(Some(1));
-                let task = spawn_timer(core.clone(), d, None);
-                crate::lua::errors::ok(
-                    lua,
-                    Timer {
-                        core,
-                        task: RefCell::new(Some(task)),
-                    },
-                )
-            }
-            Err(e) => crate::lua::errors::fail(
-                lua,
-                crate::process::value::ErrorKind::Invalid,
-                e.to_string(),
-            ),
-        })?,
+        lua.create_function(|lua, d: mlua::Value| new_timer(lua, &d, false))?,
     )?;
     time.set(
         "ticker",
-        lua.create_function(|lua, d: mlua::Value| match positive_duration(&d) {
-            Ok(d) => {
-                let core = ChanCore::new(Some(1));
-                let task = spawn_timer(core.clone(), d, Some(d));
-                crate::lua::errors::ok(
-                    lua,
-                    Timer {
-                        core,
-                        task: RefCell::new(Some(task)),
-                    },
-                )
-            }
-            Err(e) => crate::lua::errors::fail(
-                lua,
-                crate::process::value::ErrorKind::Invalid,
-                e.to_string(),
-            ),
-        })?,
+        lua.create_function(|lua, d: mlua::Value| new_timer(lua, &d, true))?,
     )?;
     Ok(())
+}
+
+/// `time.timer(d)` (one Time after `d`) or `time.ticker(d)` (one per `d`): Timer, err.
+fn new_timer(
+    lua: &Lua,
+    d: &mlua::Value,
+    periodic: bool,
+) -> mlua::Result<(mlua::Value, mlua::Value)> {
+    match positive_duration(d) {
+        Ok(d) => {
+            let core = ChanCore::new(Some(1));
+            let task = spawn_timer(core.clone(), d, periodic.then_some(d));
+            crate::lua::errors::ok(
+                lua,
+                Timer {
+                    core,
+                    periodic,
+                    task: RefCell::new(Some(task)),
+                },
+            )
+        }
+        Err(e) => crate::lua::errors::fail(
+            lua,
+            crate::process::value::ErrorKind::Invalid,
+            e.to_string(),
+        ),
+    }
 }
 
 fn positive_duration(v: &mlua::Value) -> mlua::Result<Duration> {
@@ -664,6 +657,8 @@ fn spawn_timer(
 /// `time.timer` / `time.ticker` objects.
 pub struct Timer {
     core: Rc<ChanCore>,
+    /// A ticker: `reset` changes its period and it keeps ticking.
+    periodic: bool,
     task: RefCell<Option<tokio::task::AbortHandle>>,
 }
 
@@ -689,7 +684,8 @@ impl UserData for Timer {
             if let Some(t) = this.task.borrow_mut().take() {
                 t.abort();
             }
-            *this.task.borrow_mut() = Some(spawn_timer(this.core.clone(), d, None));
+            let period = this.periodic.then_some(d);
+            *this.task.borrow_mut() = Some(spawn_timer(this.core.clone(), d, period));
             Ok(true)
         });
     }

@@ -1326,9 +1326,8 @@ pub fn loader(lua: &Lua) -> mlua::Result<Table> {
         table.set(d.to_ascii_uppercase(), i as i64)?;
     }
 
-    // ---- scheduler-backed functions (sleep, after, timer, ticker) ----
-    // The lead adds these in lua::channel once the scheduler exists; enable this line then.
-    // crate::lua::channel::register_time_async(lua, &table)?;
+    // sleep, after, timer and ticker need the scheduler: lua::modules adds them
+    // (lua::channel::register_time_async).
     Ok(table)
 }
 
