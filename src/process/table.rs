@@ -198,6 +198,17 @@ impl ProcessTable {
         Some((pid, entry))
     }
 
+    /// `resolve_entry` without building the pid: `None` if `dest` names nothing, `Some(None)`
+    /// for a well-formed pid of a process that is gone.
+    pub fn entry_of(&self, dest: &str) -> Option<Option<Arc<ProcessEntry>>> {
+        let id = if dest.starts_with('{') {
+            Pid::parse_id(dest)?
+        } else {
+            self.lookup(dest)?.id()
+        };
+        Some(self.get(id))
+    }
+
     /// Queues a message; `false` if the target is gone (the message is dropped).
     pub fn send(&self, to: &Pid, msg: Message) -> bool {
         match self.get(to.id()) {
