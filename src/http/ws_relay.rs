@@ -492,7 +492,6 @@ async fn run_connection<S>(
                         .await,
                     }
                 };
-                frames.clear();
                 match written {
                     Some(Ok(Ok(()))) => METRICS.ws_frames_out.inc_by(fed),
                     Some(Ok(Err(e))) => break 'conn format!("client closed: {e}"),

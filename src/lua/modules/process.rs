@@ -243,12 +243,18 @@ type Found = (Pid, Option<Arc<crate::process::table::ProcessEntry>>);
 /// One table lookup resolves a destination value and finds its mailbox; `Ok(Err(m))` is the
 /// NOT_FOUND message, `Err` a destination that is not a string at all.
 fn resolve_dest(ctx: &ProcCtx, dest: &mlua::Value) -> mlua::Result<Result<Found, String>> {
+    with_dest(dest, |d| resolve_entry(ctx, d))
+}
+
+/// `f` on a destination's string form, borrowed when the value is a Lua string (the common
+/// case: no copy); `Err` for a value that is not a destination at all.
+fn with_dest<R>(dest: &mlua::Value, f: impl FnOnce(&str) -> R) -> mlua::Result<R> {
     if let mlua::Value::String(s) = dest {
         if let Ok(d) = s.to_str() {
-            return Ok(resolve_entry(ctx, &d));
+            return Ok(f(&d));
         }
     }
-    Ok(resolve_entry(ctx, &dest_arg(dest)?))
+    Ok(f(&dest_arg(dest)?))
 }
 
 /// `process.send @ pid` in the caller's context; `meta` is built once per call site.
@@ -344,13 +350,7 @@ fn broadcast(
         }
         for pair in dests.pairs::<mlua::Value, mlua::Value>() {
             let (_, dest) = pair?;
-            let found = match &dest {
-                mlua::Value::String(s) => s.to_str().ok().and_then(|d| ctx.node.procs.entry_of(&d)),
-                _ => dest_arg(&dest)
-                    .ok()
-                    .and_then(|d| ctx.node.procs.entry_of(&d)),
-            };
-            if let Some(target) = found {
+            if let Ok(Some(target)) = with_dest(&dest, |d| ctx.node.procs.entry_of(d)) {
                 deliver(&ctx, target, topic.clone(), values.clone());
                 sent += 1;
             }
