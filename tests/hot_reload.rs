@@ -541,13 +541,21 @@ fn rapid_repeated_saves_cause_one_reload() {
     let mw = Moonwire::start_watching(dir.path(), true);
     let script = dir.path().join("registry/version.lua");
     let text = std::fs::read_to_string(&script).unwrap();
+    // A busy CI machine can deschedule this thread for longer than the debounce window, and
+    // then the files really were quiet in between: such a gap may start a second reload.
+    let mut quiet_gaps = 0;
+    let mut last_save: Option<Instant> = None;
     for i in 1..=10 {
         let save = if i % 2 == 0 {
             save_in_place
         } else {
             save_by_rename
         };
+        if last_save.is_some_and(|t| t.elapsed() >= Duration::from_millis(40)) {
+            quiet_gaps += 1;
+        }
         save(&script, &text.replace("\"v1\"", &format!("\"v1.{i}\"")));
+        last_save = Some(Instant::now());
         std::thread::sleep(Duration::from_millis(5));
     }
     eventually(&mw, "the last save served", || {
@@ -555,10 +563,9 @@ fn rapid_repeated_saves_cause_one_reload() {
     });
     std::thread::sleep(Duration::from_secs(1));
     let lines = applied(&mw);
-    assert_eq!(
-        lines.len(),
-        1,
-        "one reload for one burst:\n{}",
+    assert!(
+        !lines.is_empty() && lines.len() <= 1 + quiet_gaps,
+        "one reload for one burst ({quiet_gaps} quiet gaps of 40 ms or more between saves):\n{}",
         lines.join("\n")
     );
     assert_eq!(get(mw.addr(), "/version"), (200, "v1.10".into()));
