@@ -2,7 +2,7 @@
 //! the worker threads; starts entries in dependency order and stops them in reverse.
 
 use crate::lua::compile::CompiledCode;
-use crate::process::scheduler::Scheduler;
+use crate::process::scheduler::{Pools, Scheduler};
 use crate::process::table::ProcessTable;
 use crate::registry::kinds::EntryId;
 use crate::registry::Registry;
@@ -261,29 +261,53 @@ pub fn build_routes(
     table
 }
 
+/// The connection pool is as large as the largest `http.service` `host.worker_count`, the
+/// process pool as the largest `process.host` `host.workers`. A registry with only one of the
+/// two kinds puts everything on one pool of that size.
+fn worker_pools(registry: &Registry) -> Pools {
+    let largest = |size: fn(&EntryKind) -> Option<usize>| {
+        registry
+            .entries()
+            .iter()
+            .filter_map(|e| size(&e.kind))
+            .max()
+    };
+    let connection = largest(|k| match k {
+        EntryKind::HttpService(s) => Some(s.worker_count),
+        _ => None,
+    });
+    let process = largest(|k| match k {
+        EntryKind::ProcessHost(h) => Some(h.workers),
+        _ => None,
+    });
+    let cpus = || {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    };
+    match (connection, process) {
+        (Some(c), Some(p)) => Pools {
+            connection_workers: c,
+            process_workers: p,
+        },
+        (c, p) => Pools {
+            connection_workers: c.or(p).unwrap_or_else(cpus),
+            process_workers: 0,
+        },
+    }
+}
+
 impl Runtime {
     /// Starts every entry in dependency order. Fails on the first required entry that cannot
     /// start; what was started is stopped again.
     pub async fn start(registry: Registry, opts: RunOptions) -> Result<Runtime, StartError> {
         let code = compile_all(&registry)?;
         let policies = Arc::new(build_policies(&registry));
-        let workers = registry
-            .entries()
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EntryKind::ProcessHost(h) => Some(h.workers),
-                _ => None,
-            })
-            .max()
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-            });
+        let pools = worker_pools(&registry);
         let registry = Arc::new(registry);
         let node = Arc::new(Node {
             procs: Arc::new(ProcessTable::default()),
-            scheduler: Scheduler::start(workers),
+            scheduler: Scheduler::start(pools),
             snapshot: RwLock::new(Arc::new(Snapshot {
                 registry: registry.clone(),
                 code,
@@ -798,5 +822,54 @@ impl Runtime {
         for db in dbs {
             db.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(entries: &str) -> Registry {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("registry");
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml = format!("version: \"1.0\"\nnamespace: app\nentries:\n{entries}");
+        std::fs::write(dir.join("_index.yaml"), yaml).unwrap();
+        crate::registry::load(&dir, root.path(), &|_, _| Ok(())).unwrap_or_else(|d| panic!("{d:?}"))
+    }
+
+    const HTTP: &str = "  - name: gateway\n    kind: http.service\n    addr: \"127.0.0.1:0\"\n    host:\n      worker_count: 3\n";
+    const HOST: &str = "  - name: processes\n    kind: process.host\n    host:\n      workers: 2\n";
+
+    #[test]
+    fn connections_and_hosts_get_pools_of_their_own_sizes() {
+        let pools = worker_pools(&registry(&format!("{HTTP}{HOST}")));
+        assert_eq!(
+            pools,
+            Pools {
+                connection_workers: 3,
+                process_workers: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_registry_with_one_kind_runs_on_one_pool() {
+        let only_hosts = worker_pools(&registry(HOST));
+        assert_eq!(
+            only_hosts,
+            Pools {
+                connection_workers: 2,
+                process_workers: 0
+            }
+        );
+        let only_http = worker_pools(&registry(HTTP));
+        assert_eq!(
+            only_http,
+            Pools {
+                connection_workers: 3,
+                process_workers: 0
+            }
+        );
     }
 }

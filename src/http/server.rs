@@ -184,7 +184,7 @@ pub async fn start(
                 }
             };
             let st = accept_state.clone();
-            node.scheduler.submit_round_robin(Box::new(
+            node.scheduler.submit_connection(Box::new(
                 move || match tokio::net::TcpStream::from_std(std_stream) {
                     Ok(stream) => {
                         tokio::task::spawn_local(async move {

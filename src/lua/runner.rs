@@ -461,7 +461,12 @@ mod tests {
         resources.running_hosts.insert(host.clone());
         Arc::new(Node {
             procs: Arc::new(crate::process::table::ProcessTable::default()),
-            scheduler: crate::process::scheduler::Scheduler::start(1),
+            scheduler: crate::process::scheduler::Scheduler::start(
+                crate::process::scheduler::Pools {
+                    connection_workers: 1,
+                    process_workers: 0,
+                },
+            ),
             snapshot: std::sync::RwLock::new(Arc::new(Snapshot {
                 registry: Arc::new(crate::registry::Registry::default()),
                 code: Default::default(),

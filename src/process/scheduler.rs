@@ -1,6 +1,12 @@
 //! Worker threads: each owns a current-thread tokio runtime and a `LocalSet`, so everything it
 //! runs (Lua processes, HTTP connections, WebSocket relays) shares one thread and one Lua state
 //! without locks. Jobs arrive over a channel; work spawned from a worker stays on it.
+//!
+//! The workers form two pools. Connection workers take HTTP connections, with their handlers,
+//! WebSocket relays and the processes those spawn. Process workers run what is started from
+//! outside any worker: the processes of `process.service` entries. A service's timers then fire
+//! on time however busy the connections are; a ticker that shared a worker with thousands of
+//! relays waited behind all of their writes before it could send the next tick.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,19 +22,35 @@ thread_local! {
 pub struct Scheduler {
     workers: Vec<mpsc::UnboundedSender<Job>>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
-    next: AtomicUsize,
+    /// Workers `0..connection_workers` are the connection pool, the rest the process pool.
+    connection_workers: usize,
+    next_connection: AtomicUsize,
+    next_process: AtomicUsize,
+}
+
+/// How many workers each pool has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pools {
+    pub connection_workers: usize,
+    /// 0: processes started from outside a worker share the connection workers.
+    pub process_workers: usize,
 }
 
 impl Scheduler {
-    pub fn start(count: usize) -> Arc<Scheduler> {
-        let count = count.max(1);
+    pub fn start(pools: Pools) -> Arc<Scheduler> {
+        let connection_workers = pools.connection_workers.max(1);
+        let count = connection_workers + pools.process_workers;
         let mut workers = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
             workers.push(tx);
             let handle = std::thread::Builder::new()
-                .name(format!("moonwire-worker-{index}"))
+                .name(if index < connection_workers {
+                    format!("moonwire-conn-{index}")
+                } else {
+                    format!("moonwire-proc-{}", index - connection_workers)
+                })
                 .spawn(move || {
                     WORKER_INDEX.with(|w| w.set(Some(index)));
                     let rt = tokio::runtime::Builder::new_current_thread()
@@ -56,12 +78,10 @@ impl Scheduler {
         Arc::new(Scheduler {
             workers,
             threads: std::sync::Mutex::new(threads),
-            next: AtomicUsize::new(0),
+            connection_workers,
+            next_connection: AtomicUsize::new(0),
+            next_process: AtomicUsize::new(0),
         })
-    }
-
-    pub fn worker_count(&self) -> usize {
-        self.workers.len()
     }
 
     /// The worker index of the calling thread, if it is a worker.
@@ -70,16 +90,29 @@ impl Scheduler {
     }
 
     /// Runs `job` on the calling worker when there is one (keeping talkers together), else on
-    /// the next worker round-robin.
+    /// the next process worker round-robin.
     pub fn submit(&self, job: Job) {
         match Scheduler::current_worker() {
             Some(_) => job(),
-            None => self.submit_round_robin(job),
+            None => {
+                let pool = self.workers.len() - self.connection_workers;
+                let i = match pool {
+                    0 => {
+                        self.next_process.fetch_add(1, Ordering::Relaxed) % self.connection_workers
+                    }
+                    _ => {
+                        self.connection_workers
+                            + self.next_process.fetch_add(1, Ordering::Relaxed) % pool
+                    }
+                };
+                self.submit_to(i, job);
+            }
         }
     }
 
-    pub fn submit_round_robin(&self, job: Job) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+    /// Runs `job` (an HTTP connection) on the next connection worker round-robin.
+    pub fn submit_connection(&self, job: Job) {
+        let i = self.next_connection.fetch_add(1, Ordering::Relaxed) % self.connection_workers;
         self.submit_to(i, job);
     }
 
@@ -112,7 +145,10 @@ mod tests {
 
     #[test]
     fn jobs_run_on_workers_and_survive_a_panic() {
-        let s = Scheduler::start(2);
+        let s = Scheduler::start(Pools {
+            connection_workers: 1,
+            process_workers: 1,
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         s.submit_to(0, Box::new(|| panic!("boom")));
         let tx2 = tx.clone();
@@ -127,5 +163,74 @@ mod tests {
         let mut got = [rx.recv().unwrap(), rx.recv().unwrap()];
         got.sort();
         assert_eq!(got, [Some(0), Some(1)]);
+    }
+
+    /// Where `submit` (from outside a worker) and `submit_connection` put their jobs, in order.
+    fn placements(pools: Pools, submit: usize, connections: usize) -> (Vec<usize>, Vec<usize>) {
+        let s = Scheduler::start(pools);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..submit {
+            let tx = tx.clone();
+            s.submit(Box::new(move || {
+                tx.send((false, Scheduler::current_worker())).unwrap()
+            }));
+        }
+        for _ in 0..connections {
+            let tx = tx.clone();
+            s.submit_connection(Box::new(move || {
+                tx.send((true, Scheduler::current_worker())).unwrap()
+            }));
+        }
+        drop(tx);
+        let (mut procs, mut conns) = (Vec::new(), Vec::new());
+        for (connection, worker) in rx {
+            let worker = worker.expect("ran on a worker");
+            if connection {
+                conns.push(worker)
+            } else {
+                procs.push(worker)
+            }
+        }
+        procs.sort_unstable();
+        conns.sort_unstable();
+        (procs, conns)
+    }
+
+    #[test]
+    fn connections_and_started_processes_use_separate_pools() {
+        let pools = Pools {
+            connection_workers: 2,
+            process_workers: 2,
+        };
+        let (procs, conns) = placements(pools, 4, 4);
+        assert_eq!(procs, [2, 2, 3, 3]);
+        assert_eq!(conns, [0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn without_process_workers_processes_share_the_connection_workers() {
+        let pools = Pools {
+            connection_workers: 2,
+            process_workers: 0,
+        };
+        let (procs, conns) = placements(pools, 2, 2);
+        assert_eq!(procs, [0, 1]);
+        assert_eq!(conns, [0, 1]);
+    }
+
+    #[test]
+    fn a_job_submitted_from_a_worker_runs_on_that_worker() {
+        let s = Scheduler::start(Pools {
+            connection_workers: 1,
+            process_workers: 1,
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inner = s.clone();
+        s.submit_connection(Box::new(move || {
+            inner.submit(Box::new(move || {
+                tx.send(Scheduler::current_worker()).unwrap()
+            }));
+        }));
+        assert_eq!(rx.recv().unwrap(), Some(0));
     }
 }

@@ -281,6 +281,8 @@ pub struct HttpService {
     pub buffer_size: usize,
     /// Open connections (HTTP and WebSocket) at most (`host.max_connections`).
     pub max_connections: usize,
+    /// Worker threads for connections, their handlers and relays (`host.worker_count`).
+    pub worker_count: usize,
     pub lifecycle: Lifecycle,
 }
 

@@ -1106,7 +1106,7 @@ fn http_service(cx: &mut Cx) -> EntryKind {
     let read_timeout = timeout(cx, "read");
     let write_timeout = timeout(cx, "write");
     let idle_timeout = timeout(cx, "idle");
-    cx.count(&["host", "worker_count"], cpu_count());
+    let worker_count = cx.count(&["host", "worker_count"], cpu_count());
     if let Some(mode) = cx.string(&["tls", "mode"]) {
         if !mode.trim().is_empty() {
             cx.error(
@@ -1122,6 +1122,7 @@ fn http_service(cx: &mut Cx) -> EntryKind {
         idle_timeout,
         buffer_size: cx.count(&["host", "buffer_size"], 1024),
         max_connections: cx.count(&["host", "max_connections"], 65_536),
+        worker_count,
         lifecycle: cx.lifecycle(),
     })
 }
