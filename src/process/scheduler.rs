@@ -95,16 +95,11 @@ impl Scheduler {
         match Scheduler::current_worker() {
             Some(_) => job(),
             None => {
-                let pool = self.workers.len() - self.connection_workers;
-                let i = match pool {
-                    0 => {
-                        self.next_process.fetch_add(1, Ordering::Relaxed) % self.connection_workers
-                    }
-                    _ => {
-                        self.connection_workers
-                            + self.next_process.fetch_add(1, Ordering::Relaxed) % pool
-                    }
+                let (first, len) = match self.workers.len() - self.connection_workers {
+                    0 => (0, self.connection_workers),
+                    process_workers => (self.connection_workers, process_workers),
                 };
+                let i = first + self.next_process.fetch_add(1, Ordering::Relaxed) % len;
                 self.submit_to(i, job);
             }
         }
