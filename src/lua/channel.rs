@@ -565,12 +565,17 @@ pub fn register_time_async(lua: &Lua, time: &mlua::Table) -> mlua::Result<()> {
     )?;
     time.set(
         "after",
-        lua.create_function(|lua, d: mlua::Value| {
-            let d = positive_duration(&d)?;
-            let core = ChanCore::new(Some(1));
-            spawn_timer(core.clone(), d, None);
-            let _ = lua;
-            Ok(Channel(core))
+        lua.create_function(|lua, d: mlua::Value| match positive_duration(&d) {
+            Ok(d) => {
+                let core = ChanCore::new(Some(1));
+                spawn_timer(core.clone(), d, None);
+                crate::lua::errors::ok(lua, Channel(core))
+            }
+            Err(e) => crate::lua::errors::fail(
+                lua,
+                crate::process::value::ErrorKind::Invalid,
+                e.to_string(),
+            ),
         })?,
     )?;
     time.set(
