@@ -138,12 +138,16 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn jobs_run_on_workers_and_survive_a_panic() {
-        let s = Scheduler::start(Pools {
+    fn one_worker_each() -> Arc<Scheduler> {
+        Scheduler::start(Pools {
             connection_workers: 1,
             process_workers: 1,
-        });
+        })
+    }
+
+    #[test]
+    fn jobs_run_on_workers_and_survive_a_panic() {
+        let s = one_worker_each();
         let (tx, rx) = std::sync::mpsc::channel();
         s.submit_to(0, Box::new(|| panic!("boom")));
         let tx2 = tx.clone();
@@ -192,33 +196,29 @@ mod tests {
     }
 
     #[test]
-    fn connections_and_started_processes_use_separate_pools() {
-        let pools = Pools {
-            connection_workers: 2,
-            process_workers: 2,
-        };
-        let (procs, conns) = placements(pools, 4, 4);
-        assert_eq!(procs, [2, 2, 3, 3]);
-        assert_eq!(conns, [0, 0, 1, 1]);
-    }
-
-    #[test]
-    fn without_process_workers_processes_share_the_connection_workers() {
-        let pools = Pools {
-            connection_workers: 2,
-            process_workers: 0,
-        };
-        let (procs, conns) = placements(pools, 2, 2);
-        assert_eq!(procs, [0, 1]);
-        assert_eq!(conns, [0, 1]);
+    fn connections_and_started_processes_use_their_pools() {
+        // (connection workers, process workers) → where 4 started processes and 4
+        // connections run; without process workers, processes share the connection workers.
+        let cases = [
+            ((2, 2), [2, 2, 3, 3], [0, 0, 1, 1]),
+            ((2, 0), [0, 0, 1, 1], [0, 0, 1, 1]),
+        ];
+        for ((connection_workers, process_workers), procs, conns) in cases {
+            let pools = Pools {
+                connection_workers,
+                process_workers,
+            };
+            assert_eq!(
+                placements(pools, 4, 4),
+                (procs.to_vec(), conns.to_vec()),
+                "{pools:?}"
+            );
+        }
     }
 
     #[test]
     fn a_job_submitted_from_a_worker_runs_on_that_worker() {
-        let s = Scheduler::start(Pools {
-            connection_workers: 1,
-            process_workers: 1,
-        });
+        let s = one_worker_each();
         let (tx, rx) = std::sync::mpsc::channel();
         let inner = s.clone();
         s.submit_connection(Box::new(move || {
