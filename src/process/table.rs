@@ -170,42 +170,39 @@ impl ProcessTable {
         self.stats.alive.load(Ordering::Relaxed)
     }
 
+    /// What `dest` names: a PID string's id, or a registered name's pid. `None` for neither.
+    fn destination(&self, dest: &str) -> Option<(u64, Option<Pid>)> {
+        if dest.starts_with('{') {
+            Some((Pid::parse_id(dest)?, None))
+        } else {
+            let pid = self.lookup(dest)?;
+            Some((pid.id(), Some(pid)))
+        }
+    }
+
     /// Resolves a destination: a PID string or a registered name.
     pub fn resolve(&self, dest: &str) -> Option<Pid> {
-        if dest.starts_with('{') {
-            let id = Pid::parse_id(dest)?;
-            return Some(match self.get(id) {
-                Some(p) => p.pid.clone(),
-                // A well-formed dead pid is still a pid: sends to it are dropped.
-                None => Pid::new(id, Arc::from(host_of(dest))),
-            });
-        }
-        self.lookup(dest)
+        self.resolve_entry(dest).map(|(pid, _)| pid)
     }
 
     /// `resolve` plus the live entry, in one table lookup (the send path). `None` when `dest`
     /// is neither PID-shaped nor a registered name; `Some((pid, None))` for a dead pid.
     pub fn resolve_entry(&self, dest: &str) -> Option<(Pid, Option<Arc<ProcessEntry>>)> {
-        if dest.starts_with('{') {
-            let id = Pid::parse_id(dest)?;
-            return Some(match self.get(id) {
-                Some(p) => (p.pid.clone(), Some(p)),
-                None => (Pid::new(id, Arc::from(host_of(dest))), None),
-            });
-        }
-        let pid = self.lookup(dest)?;
-        let entry = self.get(pid.id());
-        Some((pid, entry))
+        let (id, named) = self.destination(dest)?;
+        Some(match self.get(id) {
+            Some(p) => (p.pid.clone(), Some(p)),
+            // A well-formed dead pid is still a pid: sends to it are dropped.
+            None => (
+                named.unwrap_or_else(|| Pid::new(id, Arc::from(host_of(dest)))),
+                None,
+            ),
+        })
     }
 
     /// `resolve_entry` without building the pid: `None` if `dest` names nothing, `Some(None)`
     /// for a well-formed pid of a process that is gone.
     pub fn entry_of(&self, dest: &str) -> Option<Option<Arc<ProcessEntry>>> {
-        let id = if dest.starts_with('{') {
-            Pid::parse_id(dest)?
-        } else {
-            self.lookup(dest)?.id()
-        };
+        let (id, _) = self.destination(dest)?;
         Some(self.get(id))
     }
 
