@@ -237,8 +237,14 @@ fn close_frame(code: CloseCode, reason: &str) -> WsMessage {
 }
 
 /// What a message sent to the client pid turns into.
+/// A data frame for the client; only these are batched (control frames go through tungstenite).
+enum DataFrame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
 enum Outbound {
-    Frame(WsMessage),
+    Frame(DataFrame),
     Close(String),
     Control(Value),
 }
@@ -255,13 +261,13 @@ fn outbound(msg: Message) -> Outbound {
         "ws.control" => Outbound::Control(payload),
         topic => {
             let body = serde_json::json!({ "topic": topic, "data": payload.to_json() });
-            Outbound::Frame(WsMessage::Text(Utf8Bytes::from(body.to_string())))
+            Outbound::Frame(DataFrame::Text(Utf8Bytes::from(body.to_string())))
         }
     }
 }
 
 /// `ws.send`: a string payload or `{type, data}` becomes one frame, bytes shared not copied.
-fn raw_frame(payload: Value) -> WsMessage {
+fn raw_frame(payload: Value) -> DataFrame {
     let (binary, data) = match &payload {
         Value::Table(_) => (
             payload.get("type").and_then(Value::as_str) == Some("binary"),
@@ -270,12 +276,12 @@ fn raw_frame(payload: Value) -> WsMessage {
         _ => (false, payload),
     };
     match data {
-        Value::Str(bytes) if binary => WsMessage::Binary(bytes),
+        Value::Str(bytes) if binary => DataFrame::Binary(bytes),
         Value::Str(bytes) => match shared_text(bytes) {
-            Ok(text) => WsMessage::Text(text),
-            Err(bytes) => WsMessage::Binary(bytes),
+            Ok(text) => DataFrame::Text(text),
+            Err(bytes) => DataFrame::Binary(bytes),
         },
-        other => WsMessage::Text(Utf8Bytes::from(other.to_json().to_string())),
+        other => DataFrame::Text(Utf8Bytes::from(other.to_json().to_string())),
     }
 }
 
@@ -288,16 +294,15 @@ thread_local! {
 /// A worker's batch buffer keeps its allocation only up to this size.
 const BATCH_KEEP_CAPACITY: usize = 256 * 1024;
 
-/// Encodes `frames` (text and binary, as `outbound` makes them) into the worker's batch buffer,
-/// empties `frames`, and hands the bytes to `write`.
-fn encode_batch<R>(frames: &mut Vec<WsMessage>, write: impl FnOnce(&[u8]) -> R) -> R {
+/// Encodes `frames` into the worker's batch buffer, empties `frames`, and hands the bytes to
+/// `write`.
+fn encode_batch<R>(frames: &mut Vec<DataFrame>, write: impl FnOnce(&[u8]) -> R) -> R {
     BATCH.with_borrow_mut(|buf| {
         buf.clear();
         for frame in frames.drain(..) {
             match &frame {
-                WsMessage::Text(t) => encode_data_frame(buf, 1, t.as_bytes()),
-                WsMessage::Binary(b) => encode_data_frame(buf, 2, b),
-                other => debug_assert!(false, "not a data frame: {other:?}"),
+                DataFrame::Text(t) => encode_data_frame(buf, 1, t.as_bytes()),
+                DataFrame::Binary(b) => encode_data_frame(buf, 2, b),
             }
         }
         let result = write(buf);
@@ -371,7 +376,7 @@ async fn run_connection<S>(
     let shutdown_changed = shutdown.changed();
     tokio::pin!(shutdown_changed);
     let mut batch: Vec<Signal> = Vec::new();
-    let mut frames: Vec<WsMessage> = Vec::new();
+    let mut frames: Vec<DataFrame> = Vec::new();
     let read_gate = crate::http::ws_read_gate::ReadGate::default();
 
     let reason: String = 'conn: loop {
@@ -624,13 +629,13 @@ mod tests {
             ("type", Value::str("text")),
             ("data", Value::str("{\"a\":1}")),
         ]);
-        assert!(matches!(raw_frame(t), WsMessage::Text(s) if s.as_str() == "{\"a\":1}"));
-        assert!(matches!(raw_frame(Value::str("hi")), WsMessage::Text(s) if s.as_str() == "hi"));
+        assert!(matches!(raw_frame(t), DataFrame::Text(s) if s.as_str() == "{\"a\":1}"));
+        assert!(matches!(raw_frame(Value::str("hi")), DataFrame::Text(s) if s.as_str() == "hi"));
         let b = Value::record([
             ("type", Value::str("binary")),
             ("data", Value::str(vec![0u8, 1])),
         ]);
-        assert!(matches!(raw_frame(b), WsMessage::Binary(_)));
+        assert!(matches!(raw_frame(b), DataFrame::Binary(_)));
     }
 
     #[test]
@@ -641,7 +646,7 @@ mod tests {
             payloads: vec![Value::Int(3)],
         };
         match outbound(m) {
-            Outbound::Frame(WsMessage::Text(t)) => {
+            Outbound::Frame(DataFrame::Text(t)) => {
                 assert_eq!(t.as_str(), r#"{"topic":"alert","data":3}"#)
             }
             _ => panic!("expected a text frame"),
