@@ -280,18 +280,13 @@ fn worker_pools(registry: &Registry) -> Pools {
         EntryKind::ProcessHost(h) => Some(h.workers),
         _ => None,
     });
-    let cpus = || {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    };
     match (connection, process) {
         (Some(c), Some(p)) => Pools {
             connection_workers: c,
             process_workers: p,
         },
         (c, p) => Pools {
-            connection_workers: c.or(p).unwrap_or_else(cpus),
+            connection_workers: c.or(p).unwrap_or_else(crate::registry::cpu_count),
             process_workers: 0,
         },
     }

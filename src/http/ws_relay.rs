@@ -236,13 +236,13 @@ fn close_frame(code: CloseCode, reason: &str) -> WsMessage {
     }))
 }
 
-/// What a message sent to the client pid turns into.
 /// A data frame for the client; only these are batched (control frames go through tungstenite).
 enum DataFrame {
     Text(Utf8Bytes),
     Binary(Bytes),
 }
 
+/// What a message sent to the client pid turns into.
 enum Outbound {
     Frame(DataFrame),
     Close(String),

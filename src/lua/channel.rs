@@ -565,17 +565,12 @@ pub fn register_time_async(lua: &Lua, time: &mlua::Table) -> mlua::Result<()> {
     )?;
     time.set(
         "after",
-        lua.create_function(|lua, d: mlua::Value| match positive_duration(&d) {
-            Ok(d) => {
+        lua.create_function(|lua, d: mlua::Value| {
+            with_positive_duration(lua, &d, |d| {
                 let core = ChanCore::new(Some(1));
                 spawn_timer(core.clone(), d, None);
-                crate::lua::errors::ok(lua, Channel(core))
-            }
-            Err(e) => crate::lua::errors::fail(
-                lua,
-                crate::process::value::ErrorKind::Invalid,
-                e.to_string(),
-            ),
+                Channel(core)
+            })
         })?,
     )?;
     time.set(
@@ -595,19 +590,25 @@ fn new_timer(
     d: &mlua::Value,
     periodic: bool,
 ) -> mlua::Result<(mlua::Value, mlua::Value)> {
-    match positive_duration(d) {
-        Ok(d) => {
-            let core = ChanCore::new(Some(1));
-            let task = spawn_timer(core.clone(), d, periodic.then_some(d));
-            crate::lua::errors::ok(
-                lua,
-                Timer {
-                    core,
-                    periodic,
-                    task: RefCell::new(Some(task)),
-                },
-            )
+    with_positive_duration(lua, d, |d| {
+        let core = ChanCore::new(Some(1));
+        let task = spawn_timer(core.clone(), d, periodic.then_some(d));
+        Timer {
+            core,
+            periodic,
+            task: RefCell::new(Some(task)),
         }
+    })
+}
+
+/// `make(d)` for a positive duration `d`, else nil and an INVALID error (§6.4).
+fn with_positive_duration<T: mlua::IntoLua>(
+    lua: &Lua,
+    d: &mlua::Value,
+    make: impl FnOnce(Duration) -> T,
+) -> mlua::Result<(mlua::Value, mlua::Value)> {
+    match positive_duration(d) {
+        Ok(d) => crate::lua::errors::ok(lua, make(d)),
         Err(e) => crate::lua::errors::fail(
             lua,
             crate::process::value::ErrorKind::Invalid,

@@ -782,7 +782,8 @@ fn default_lifecycle() -> Lifecycle {
     }
 }
 
-fn cpu_count() -> usize {
+/// The default worker count of `process.host` and `http.service`.
+pub fn cpu_count() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

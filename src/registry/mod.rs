@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 pub use diag::Diagnostic;
 pub use kinds::{Entry, EntryId, EntryKind};
-pub use load::{load, load_with_env, DEMO_TOKEN_KEY, KNOWN_KINDS};
+pub use load::{cpu_count, load, load_with_env, DEMO_TOKEN_KEY, KNOWN_KINDS};
 
 /// A validated set of entries.
 #[derive(Debug, Clone, Default)]
