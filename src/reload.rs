@@ -244,7 +244,8 @@ async fn reload_once(runtime: &Runtime, registry_dir: &Path, first_event: Instan
         Ok(report)
             if report.added.is_empty()
                 && report.removed.is_empty()
-                && report.changed.is_empty() =>
+                && report.changed.is_empty()
+                && report.resized.is_empty() =>
         {
             tracing::debug!("files changed but the registry did not");
         }
@@ -261,6 +262,7 @@ async fn reload_once(runtime: &Runtime, registry_dir: &Path, first_event: Instan
                 added = %ids(&report.added),
                 removed = %ids(&report.removed),
                 restarted = %ids(&report.restarted),
+                resized = %ids(&report.resized),
                 outdated = %report.outdated.join(","),
                 took_ms = first_event.elapsed().as_millis() as u64,
                 "reload applied"

@@ -134,6 +134,8 @@ pub struct ReloadReport {
     pub removed: Vec<EntryId>,
     pub changed: Vec<EntryId>,
     pub restarted: Vec<EntryId>,
+    /// Entries whose only change was a worker-pool size (see `RegistryDiff::resized`).
+    pub resized: Vec<EntryId>,
     pub outdated: Vec<String>,
 }
 
@@ -629,6 +631,7 @@ impl Runtime {
             added: diff.added.clone(),
             removed: diff.removed.clone(),
             changed: diff.changed.clone(),
+            resized: diff.resized.clone(),
             ..Default::default()
         };
         if diff.is_empty() {
@@ -643,6 +646,7 @@ impl Runtime {
         for w in newer.warnings() {
             tracing::warn!("{w}");
         }
+        self.resize_pools(&newer);
         // Routes now, not after the restarts below: a service can take its whole stop_timeout
         // to stop, and route changes must not wait for it. A restarted server builds its own.
         for (id, server) in self.servers.lock().expect("servers lock").iter() {
@@ -772,6 +776,21 @@ impl Runtime {
             }
         }
         Ok(report)
+    }
+
+    /// Brings the worker pools to the sizes `registry` asks for, without restarting anything.
+    fn resize_pools(&self, registry: &Registry) {
+        let wanted = worker_pools(registry);
+        let before = self.node.scheduler.resize(wanted);
+        if before != wanted {
+            tracing::info!(
+                connection_workers = wanted.connection_workers,
+                process_workers = wanted.process_workers,
+                was_connection_workers = before.connection_workers,
+                was_process_workers = before.process_workers,
+                "worker pools resized"
+            );
+        }
     }
 
     /// Where each HTTP server listens.

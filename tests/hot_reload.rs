@@ -470,6 +470,109 @@ fn a_new_endpoint_appears_and_a_removed_one_answers_404() {
     assert_eq!(get(mw.addr(), "/hello"), (200, "hello-v2".into()));
 }
 
+/// Names of the binary's worker threads (`moonwire-conn-N`, `moonwire-proc-N`), sorted.
+fn worker_threads(mw: &Moonwire) -> Vec<String> {
+    let tasks = format!("/proc/{}/task", mw.os_pid());
+    let mut names: Vec<String> = std::fs::read_dir(tasks)
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("moonwire-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_sizes_are_resized_live_and_restart_nothing() {
+    let dir = project("reload_app");
+    let mw = Moonwire::start_watching(dir.path(), true);
+    let counter = get_json_when_ready(&mw, "/counter");
+    let started = mw.count("service started");
+    let mut ws = ws_connect(mw.addr()).await;
+    assert_eq!(ws_echo(&mut ws, "a").await, "echo-v1:a");
+    let index = dir.path().join("registry/_index.yaml");
+    assert_eq!(
+        worker_threads(&mw),
+        [
+            "moonwire-conn-0",
+            "moonwire-conn-1",
+            "moonwire-proc-0",
+            "moonwire-proc-1"
+        ],
+        "the fixture's two process workers and the default two connection workers"
+    );
+
+    // More process workers, and connection workers given explicitly.
+    edit(
+        &index,
+        "      workers: 2\n",
+        "      workers: 3\n",
+        save_by_rename,
+    );
+    let resized = mw.wait_for("worker pools resized", DEADLINE);
+    assert_eq!(field(&resized, "process_workers"), "3", "{resized}");
+    assert_eq!(field(&resized, "was_process_workers"), "2", "{resized}");
+    let line = nth_line(&mw, "reload applied", 1);
+    assert_eq!(field(&line, "resized"), "app:host");
+    assert_eq!(
+        field(&line, "changed"),
+        "",
+        "no dependent of the host is touched"
+    );
+    assert_eq!(field(&line, "restarted"), "");
+    eventually(&mw, "a third process worker", || {
+        worker_threads(&mw)
+            .contains(&"moonwire-proc-2".to_string())
+            .then_some(())
+    });
+
+    edit(
+        &index,
+        "    addr: \":0\"\n",
+        "    addr: \":0\"\n    host:\n      worker_count: 1\n",
+        save_by_rename,
+    );
+    eventually(&mw, "the second resize", || {
+        (mw.count("worker pools resized") == 2).then_some(())
+    });
+    let line = nth_line(&mw, "reload applied", 2);
+    assert_eq!(field(&line, "resized"), "app:gateway");
+    assert_eq!(field(&line, "restarted"), "", "the server keeps its socket");
+
+    // Shrinking the process pool: the services keep running wherever they are.
+    edit(
+        &index,
+        "      workers: 3\n",
+        "      workers: 1\n",
+        save_by_rename,
+    );
+    eventually(&mw, "the third resize", || {
+        (mw.count("worker pools resized") == 3).then_some(())
+    });
+    let line = nth_line(&mw, "worker pools resized", 3);
+    assert_eq!(field(&line, "process_workers"), "1", "{line}");
+    assert_eq!(field(&line, "connection_workers"), "1", "{line}");
+
+    // Nothing was restarted: the same counter process with its state, the same open socket,
+    // and new connections are still served.
+    let after = get_json(mw.addr(), "/counter");
+    assert_eq!(after["pid"], counter["pid"]);
+    assert_eq!(after["count"], 2);
+    assert_eq!(
+        mw.count("service started"),
+        started,
+        "no service started again"
+    );
+    assert_eq!(ws_echo(&mut ws, "b").await, "echo-v1:b");
+    assert_eq!(get(mw.addr(), "/version"), (200, "v1".into()));
+    let mut fresh = ws_connect(mw.addr()).await;
+    assert_eq!(ws_echo(&mut fresh, "c").await, "echo-v1:c");
+    assert_eq!(mw.count("service stopped"), 0);
+    ws.close(None).await.unwrap();
+    fresh.close(None).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_websocket_stays_open_across_an_unrelated_reload() {
     let dir = project("reload_app");

@@ -7,25 +7,40 @@
 //! outside any worker: the processes of `process.service` entries. A service's timers then fire
 //! on time however busy the connections are; a ticker that shared a worker with thousands of
 //! relays waited behind all of their writes before it could send the next tick.
+//!
+//! Both pools are resized live on reload (`resize`): work never moves between workers, so a
+//! retired worker only stops taking new work and ends with the last thing it runs.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
 
 thread_local! {
     static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Set by the last job a retired worker receives: it then finishes what it runs and ends.
+    static RETIRED: Cell<bool> = const { Cell::new(false) };
 }
 
 pub struct Scheduler {
-    workers: Vec<mpsc::UnboundedSender<Job>>,
-    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// Workers `0..connection_workers` are the connection pool, the rest the process pool.
-    connection_workers: usize,
+    pools: RwLock<PoolSet>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     next_connection: AtomicUsize,
     next_process: AtomicUsize,
+}
+
+/// The workers by index (indices are never reused, so a thread's index stays valid), and
+/// which of them take new work in each pool.
+struct PoolSet {
+    /// `None` once the worker is retired: it takes no new jobs.
+    senders: Vec<Option<mpsc::UnboundedSender<Job>>>,
+    connection: Vec<usize>,
+    /// Empty: processes started from outside a worker share the connection workers.
+    process: Vec<usize>,
+    /// Threads started per pool, for their names.
+    named: [usize; 2],
 }
 
 /// How many workers each pool has.
@@ -36,52 +51,85 @@ pub struct Pools {
     pub process_workers: usize,
 }
 
+#[derive(Clone, Copy)]
+enum Pool {
+    Connection = 0,
+    Process = 1,
+}
+
 impl Scheduler {
     pub fn start(pools: Pools) -> Arc<Scheduler> {
-        let connection_workers = pools.connection_workers.max(1);
-        let count = connection_workers + pools.process_workers;
-        let mut workers = Vec::with_capacity(count);
-        let mut threads = Vec::with_capacity(count);
-        for index in 0..count {
-            let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-            workers.push(tx);
-            let handle = std::thread::Builder::new()
-                .name(if index < connection_workers {
-                    format!("moonwire-conn-{index}")
-                } else {
-                    format!("moonwire-proc-{}", index - connection_workers)
-                })
-                .spawn(move || {
-                    WORKER_INDEX.with(|w| w.set(Some(index)));
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("worker runtime");
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&rt, async move {
-                        while let Some(job) = rx.recv().await {
-                            // A panicking job must not take the worker (and its processes) down.
-                            if let Err(panic) =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
-                            {
-                                tracing::error!(
-                                    panic = panic_message(&panic),
-                                    "worker job panicked"
-                                );
-                            }
-                        }
-                    });
-                })
-                .expect("spawn worker thread");
-            threads.push(handle);
-        }
-        Arc::new(Scheduler {
-            workers,
-            threads: std::sync::Mutex::new(threads),
-            connection_workers,
+        let scheduler = Scheduler {
+            pools: RwLock::new(PoolSet {
+                senders: Vec::new(),
+                connection: Vec::new(),
+                process: Vec::new(),
+                named: [0, 0],
+            }),
+            threads: Mutex::new(Vec::new()),
             next_connection: AtomicUsize::new(0),
             next_process: AtomicUsize::new(0),
-        })
+        };
+        scheduler.resize(pools);
+        Arc::new(scheduler)
+    }
+
+    /// The current pool sizes.
+    pub fn pools(&self) -> Pools {
+        let set = self.pools.read().expect("pools lock");
+        Pools {
+            connection_workers: set.connection.len(),
+            process_workers: set.process.len(),
+        }
+    }
+
+    /// Grows or shrinks the pools to `pools` while everything keeps running (hot reload of
+    /// `host.workers` / `host.worker_count`). New workers take new work at once. A retired
+    /// worker takes no new connections or services; what already runs on it (processes are
+    /// bound to their worker's Lua state) keeps running there, and its thread ends with the
+    /// last of them. Returns the sizes before.
+    pub fn resize(&self, pools: Pools) -> Pools {
+        let before = self.pools();
+        let mut set = self.pools.write().expect("pools lock");
+        let mut threads = self.threads.lock().expect("threads lock");
+        for (pool, want) in [
+            (Pool::Connection, pools.connection_workers.max(1)),
+            (Pool::Process, pools.process_workers),
+        ] {
+            loop {
+                let active = match pool {
+                    Pool::Connection => set.connection.len(),
+                    Pool::Process => set.process.len(),
+                };
+                if active < want {
+                    let index = set.senders.len();
+                    let name = match pool {
+                        Pool::Connection => format!("moonwire-conn-{}", set.named[0]),
+                        Pool::Process => format!("moonwire-proc-{}", set.named[1]),
+                    };
+                    set.named[pool as usize] += 1;
+                    let (tx, handle) = spawn_worker(index, name);
+                    set.senders.push(Some(tx));
+                    threads.push(handle);
+                    match pool {
+                        Pool::Connection => set.connection.push(index),
+                        Pool::Process => set.process.push(index),
+                    }
+                } else if active > want {
+                    let index = match pool {
+                        Pool::Connection => set.connection.pop(),
+                        Pool::Process => set.process.pop(),
+                    }
+                    .expect("a worker to retire");
+                    if let Some(tx) = set.senders[index].take() {
+                        let _ = tx.send(Box::new(|| RETIRED.with(|r| r.set(true))));
+                    }
+                } else {
+                    break;
+                }
+            }
+        }
+        before
     }
 
     /// The worker index of the calling thread, if it is a worker.
@@ -92,29 +140,30 @@ impl Scheduler {
     /// Runs `job` on the calling worker when there is one (keeping talkers together), else on
     /// the next process worker round-robin.
     pub fn submit(&self, job: Job) {
-        match Scheduler::current_worker() {
-            Some(_) => job(),
-            None => {
-                let (first, len) = match self.workers.len() - self.connection_workers {
-                    0 => (0, self.connection_workers),
-                    process_workers => (self.connection_workers, process_workers),
-                };
-                let i = first + self.next_process.fetch_add(1, Ordering::Relaxed) % len;
-                self.submit_to(i, job);
-            }
+        if Scheduler::current_worker().is_some() {
+            return job();
         }
+        let set = self.pools.read().expect("pools lock");
+        let pool = if set.process.is_empty() {
+            &set.connection
+        } else {
+            &set.process
+        };
+        let i = pool[self.next_process.fetch_add(1, Ordering::Relaxed) % pool.len()];
+        send(&set, i, job);
     }
 
     /// Runs `job` (an HTTP connection) on the next connection worker round-robin.
     pub fn submit_connection(&self, job: Job) {
-        let i = self.next_connection.fetch_add(1, Ordering::Relaxed) % self.connection_workers;
-        self.submit_to(i, job);
+        let set = self.pools.read().expect("pools lock");
+        let pool = &set.connection;
+        let i = pool[self.next_connection.fetch_add(1, Ordering::Relaxed) % pool.len()];
+        send(&set, i, job);
     }
 
+    /// Runs `job` on worker `index` (tests and diagnostics).
     pub fn submit_to(&self, index: usize, job: Job) {
-        if self.workers[index % self.workers.len()].send(job).is_err() {
-            tracing::warn!("worker {index} is gone; job dropped");
-        }
+        send(&self.pools.read().expect("pools lock"), index, job);
     }
 
     /// Closes the job channels and waits for the workers to finish.
@@ -122,6 +171,47 @@ impl Scheduler {
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         drop(threads);
     }
+}
+
+fn send(set: &PoolSet, index: usize, job: Job) {
+    match set.senders.get(index).and_then(Option::as_ref) {
+        Some(tx) if tx.send(job).is_ok() => {}
+        _ => tracing::warn!("worker {index} is gone; job dropped"),
+    }
+}
+
+/// One worker thread: a current-thread runtime and a `LocalSet` running the jobs it receives.
+fn spawn_worker(
+    index: usize,
+    name: String,
+) -> (mpsc::UnboundedSender<Job>, std::thread::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            WORKER_INDEX.with(|w| w.set(Some(index)));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("worker runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                while let Some(job) = rx.recv().await {
+                    // A panicking job must not take the worker (and its processes) down.
+                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                    {
+                        tracing::error!(panic = panic_message(&panic), "worker job panicked");
+                    }
+                }
+            });
+            if RETIRED.with(|r| r.get()) {
+                // Its processes and connections end on their own; only then does the thread.
+                rt.block_on(local);
+                tracing::debug!(worker = index, "retired worker finished");
+            }
+        })
+        .expect("spawn worker thread");
+    (tx, handle)
 }
 
 pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -214,6 +304,82 @@ mod tests {
                 "{pools:?}"
             );
         }
+    }
+
+    #[test]
+    fn resizing_adds_workers_that_take_new_work_and_retires_the_last_ones() {
+        let s = Scheduler::start(Pools {
+            connection_workers: 1,
+            process_workers: 1,
+        });
+        // A task that outlives the retirement of its worker: it must still finish there.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        s.submit(Box::new(move || {
+            tokio::task::spawn_local(async move {
+                let _ = released.await;
+                done_tx.send(Scheduler::current_worker()).unwrap();
+            });
+        }));
+        let before = s.resize(Pools {
+            connection_workers: 2,
+            process_workers: 3,
+        });
+        assert_eq!(
+            before,
+            Pools {
+                connection_workers: 1,
+                process_workers: 1
+            }
+        );
+        let where_they_run = |s: &Scheduler, n: usize| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..n {
+                let (tx1, tx2) = (tx.clone(), tx.clone());
+                s.submit(Box::new(move || {
+                    tx1.send(Scheduler::current_worker()).unwrap()
+                }));
+                s.submit_connection(Box::new(move || {
+                    tx2.send(Scheduler::current_worker().map(|w| w + 100))
+                        .unwrap()
+                }));
+            }
+            drop(tx);
+            let mut got: Vec<usize> = rx.iter().map(|w| w.expect("on a worker")).collect();
+            got.sort_unstable();
+            got.dedup();
+            got
+        };
+        // Workers 0 (conn) and 1 (proc) from the start; 2 (conn), 3 and 4 (proc) added.
+        assert_eq!(where_they_run(&s, 6), [1, 3, 4, 100, 102]);
+
+        s.resize(Pools {
+            connection_workers: 1,
+            process_workers: 1,
+        });
+        assert_eq!(where_they_run(&s, 4), [1, 100]);
+        assert_eq!(
+            s.pools(),
+            Pools {
+                connection_workers: 1,
+                process_workers: 1
+            }
+        );
+
+        // Retiring every process worker: services share the connection workers again, and
+        // the task still running on the retired worker 1 finishes there.
+        s.resize(Pools {
+            connection_workers: 1,
+            process_workers: 0,
+        });
+        assert_eq!(where_they_run(&s, 2), [0, 100]);
+        release.send(()).unwrap();
+        assert_eq!(
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap(),
+            Some(1)
+        );
     }
 
     #[test]

@@ -82,6 +82,31 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Whether `newer` differs from `self` at most in worker-pool sizes (`process.host`
+    /// `host.workers` and its queue sizes, `http.service` `host.worker_count`): the pools are
+    /// resized live, so such a change restarts nothing.
+    pub fn same_but_pool_sizes(&self, newer: &EntryKind) -> bool {
+        match (self, newer) {
+            (EntryKind::ProcessHost(a), EntryKind::ProcessHost(b)) => {
+                let sizeless = |h: &ProcessHost| ProcessHost {
+                    workers: 0,
+                    queue_size: 0,
+                    local_queue_size: 0,
+                    ..h.clone()
+                };
+                sizeless(a) == sizeless(b)
+            }
+            (EntryKind::HttpService(a), EntryKind::HttpService(b)) => {
+                let sizeless = |s: &HttpService| HttpService {
+                    worker_count: 0,
+                    ..s.clone()
+                };
+                sizeless(a) == sizeless(b)
+            }
+            _ => false,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             EntryKind::Sqlite(_) => "db.sql.sqlite",

@@ -2220,7 +2220,10 @@ mod tests {
             \x20 - name: tokens\n    kind: security.token_store\n    store: mem\n\
             \x20 - name: web\n    kind: http.service\n    addr: ':0'\n\
             \x20 - name: r\n    kind: http.router\n    meta: {server: web}\n    middleware: [token_auth]\n    options: {token_auth.store: tokens}\n\
-            \x20 - name: gone\n    kind: process.host\n";
+            \x20 - name: gone\n    kind: process.host\n\
+            \x20 - name: pool\n    kind: process.host\n    host: {workers: 2}\n\
+            \x20 - name: svc\n    kind: process.service\n    process: p\n    host: pool\n\
+            \x20 - name: p\n    kind: process.lua\n    source: 'return {main = function() end}'\n    method: main\n";
         let root = project(&[("registry/_index.yaml", base)]);
         let old = load_ok(root.path());
         assert!(old.diff(&old).is_empty());
@@ -2232,7 +2235,9 @@ mod tests {
             .replace(
                 "  - name: gone\n    kind: process.host\n",
                 "  - name: fresh\n    kind: process.host\n",
-            );
+            )
+            .replace("host: {workers: 2}", "host: {workers: 5, queue_size: 9}")
+            .replace("addr: ':0'\n", "addr: ':0'\n    host: {worker_count: 3}\n");
         std::fs::write(root.path().join("registry/_index.yaml"), newer).unwrap();
         let new = load_ok(root.path());
         assert_eq!(
@@ -2241,6 +2246,8 @@ mod tests {
                 added: vec![id("fresh")],
                 removed: vec![id("gone")],
                 changed: vec![id("mem"), id("r"), id("tokens")],
+                // Pool sizes alone: the host's service and the server's router are untouched.
+                resized: vec![id("pool"), id("web")],
             }
         );
         // Moving an entry to another line is not a change.

@@ -37,11 +37,17 @@ pub struct RegistryDiff {
     /// Entries present in both whose data differs, plus every entry of the newer registry that
     /// (transitively) depends on one of them.
     pub changed: Vec<EntryId>,
+    /// Entries whose only change is a worker-pool size: resized in place, so neither they nor
+    /// their dependents are restarted.
+    pub resized: Vec<EntryId>,
 }
 
 impl RegistryDiff {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.resized.is_empty()
     }
 }
 
@@ -144,11 +150,17 @@ impl Registry {
     pub fn diff(&self, newer: &Registry) -> RegistryDiff {
         let mut added: Vec<EntryId> = Vec::new();
         let mut seeds = Vec::new();
+        let mut resized = Vec::new();
         for (i, entry) in newer.entries.iter().enumerate() {
             match self.get(&entry.id) {
                 None => added.push(entry.id.clone()),
-                Some(old) if !same_data(old, entry) => seeds.push(i),
-                Some(_) => {}
+                Some(old) if same_data(old, entry) => {}
+                Some(old)
+                    if old.meta == entry.meta && old.kind.same_but_pool_sizes(&entry.kind) =>
+                {
+                    resized.push(entry.id.clone())
+                }
+                Some(_) => seeds.push(i),
             }
         }
         let mut removed: Vec<EntryId> = self
@@ -165,10 +177,12 @@ impl Registry {
         added.sort();
         removed.sort();
         changed.sort();
+        resized.sort();
         RegistryDiff {
             added,
             removed,
             changed,
+            resized,
         }
     }
 }

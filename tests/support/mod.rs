@@ -119,6 +119,11 @@ impl Moonwire {
         mw
     }
 
+    /// The OS pid of the running binary.
+    pub fn os_pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("server address")
     }
