@@ -154,6 +154,15 @@ fn handler_outcomes_map_to_json_answers() {
         "log line does not name the entry: {line}"
     );
 
+    // A handler past its `max_memory`: 500 JSON naming the limit; the server keeps serving.
+    let r = request(addr, "POST", "/api/hoard", &[], b"");
+    assert_eq!(r.status, 500);
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("memory limit exceeded"), "{err}");
+    assert!(err.contains("t:hoard"), "{err}");
+    mw.wait_for("memory limit exceeded", Duration::from_secs(5));
+    assert_eq!(get(addr, "/api/echo/43", &[]).status, 200);
+
     // A non-string error value still yields a JSON error.
     let r = get(addr, "/api/raise-table", &[]);
     assert_eq!(r.status, 500);

@@ -202,6 +202,25 @@ fn runaway_loop_does_not_freeze_its_neighbour() {
 }
 
 #[test]
+fn memory_caps_stop_only_the_process_over_its_cap() {
+    let run = harness::start("proc_memory");
+    run.expect_pass(
+        &[
+            "memory.cap_stops_a_hoarder",
+            "memory.garbage_is_not_held_against_a_process",
+            "memory.uncapped_neighbour_is_unaffected",
+            "memory.pcall_catches_the_limit",
+        ],
+        Duration::from_secs(40),
+    );
+    let logs = run.logs();
+    let logged = logs.iter().any(|l| {
+        l.contains("process failed") && l.contains("app:hoarder") && l.contains("memory limit")
+    });
+    run.check(logged, "no log line names the hoarder and its memory limit");
+}
+
+#[test]
 fn upgrade_keeps_pid_monitors_names_and_mailbox() {
     let run = harness::start("proc_upgrade");
     run.expect_pass(

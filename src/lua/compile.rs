@@ -20,6 +20,8 @@ pub struct CompiledCode {
     /// Unique per compilation: caches keyed by it never serve stale code after a reload.
     pub version: u64,
     pub is_process: bool,
+    /// `max_memory`: the Lua heap one process of this entry may hold.
+    pub max_memory: Option<usize>,
 }
 
 thread_local! {
@@ -48,6 +50,7 @@ pub fn compile(
         imports: code.imports.clone(),
         version: VERSION.fetch_add(1, Ordering::Relaxed),
         is_process,
+        max_memory: code.max_memory,
     }))
 }
 
@@ -87,6 +90,7 @@ mod tests {
             method: "main".into(),
             modules: vec![],
             imports: Default::default(),
+            max_memory: None,
         };
         let id = EntryId::new("t", "x");
         let a = compile(&id, &code, true).unwrap();

@@ -65,6 +65,8 @@ pub struct ProcCtx {
     pub http: Option<Rc<crate::lua::modules::http::HttpFrame>>,
     /// A pending `process.upgrade` request: (entry, args).
     pub upgrade: RefCell<Option<(EntryId, Vec<crate::process::value::Value>)>>,
+    /// What this process's Lua heap is charged to, when its entry has `max_memory`.
+    pub memory: Option<Rc<crate::lua::memory::MemoryAccount>>,
 }
 
 impl ProcCtx {
@@ -75,6 +77,7 @@ impl ProcCtx {
         security: Arc<SecurityContext>,
         http: Option<Rc<crate::lua::modules::http::HttpFrame>>,
     ) -> Rc<ProcCtx> {
+        let code_cap = code.max_memory;
         Rc::new(ProcCtx {
             node,
             proc,
@@ -98,12 +101,14 @@ impl ProcCtx {
             kill: RefCell::new(None),
             http,
             upgrade: RefCell::new(None),
+            memory: memory_account(&code_cap),
         })
     }
 
     /// The same process continuing on new code (`process.upgrade`): pid, mailbox, queued
     /// messages and security context carry over; options, listeners and channels do not.
     pub fn upgraded(old: &Rc<ProcCtx>, code: Arc<CompiledCode>) -> Rc<ProcCtx> {
+        let code_cap = code.max_memory;
         old.proc.set_entry(Arc::from(code.entry.to_string()));
         old.proc
             .upgradable
@@ -131,6 +136,7 @@ impl ProcCtx {
             kill: RefCell::new(None),
             http: None,
             upgrade: RefCell::new(None),
+            memory: memory_account(&code_cap),
         })
     }
 
@@ -253,6 +259,14 @@ thread_local! {
 }
 
 /// Installs `ctx` as current for the duration of `f` (one poll of its coroutine).
+/// A fresh account for an entry with `max_memory` (installing the capping allocator on this
+/// worker's state the first time).
+fn memory_account(cap: &Option<usize>) -> Option<Rc<crate::lua::memory::MemoryAccount>> {
+    let limit = (*cap)?;
+    crate::lua::memory::install(&crate::lua::worker::worker_lua().lua);
+    Some(crate::lua::memory::MemoryAccount::new(limit))
+}
+
 pub fn enter<R>(ctx: &Rc<ProcCtx>, f: impl FnOnce() -> R) -> R {
     let prev = CURRENT.with(|c| c.replace(Some(ctx.clone())));
     struct Restore(Option<Rc<ProcCtx>>);

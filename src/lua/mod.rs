@@ -8,6 +8,7 @@ pub mod convert;
 pub mod coroutine;
 pub mod errors;
 pub mod function;
+pub mod memory;
 pub mod modules;
 pub mod runner;
 pub mod sandbox;

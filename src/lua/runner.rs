@@ -187,6 +187,13 @@ pub(crate) async fn run_code(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> ExitResult 
             if let Some(reason) = ctx.kill.borrow().clone() {
                 return ExitResult::Error(reason);
             }
+            if let Some(account) = ctx.memory.as_ref().filter(|_| is_memory_error(&e)) {
+                return ExitResult::Error(format!(
+                    "memory limit exceeded: {} may hold at most {} bytes of Lua memory (max_memory)",
+                    ctx.code.entry,
+                    account.limit()
+                ));
+            }
             ExitResult::Error(lua_error_message(&e))
         }
     }
@@ -315,32 +322,34 @@ impl Future for ProcTask {
             }
         }
         ctx.wait_armed.set(false);
-        let polled = context::enter(&ctx, || {
-            ctx.slice_start.set(std::time::Instant::now());
-            ctx.running_thread.set(task.ptr);
-            ctx.preempted.set(false);
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                task.waiting = false;
-                let w = worker_lua();
-                let mut step = w.run_step_direct(&task.body, task.args.take());
-                if matches!(step, Ok((0, _, _))) && !ctx.wait_armed.get() {
-                    step = w.run_step(&task.body, None, cx);
-                }
-                match step {
-                    Ok((0, _, _)) => {
-                        task.waiting = true;
-                        Poll::Pending
+        let polled = crate::lua::memory::charged(ctx.memory.as_ref(), || {
+            context::enter(&ctx, || {
+                ctx.slice_start.set(std::time::Instant::now());
+                ctx.running_thread.set(task.ptr);
+                ctx.preempted.set(false);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    task.waiting = false;
+                    let w = worker_lua();
+                    let mut step = w.run_step_direct(&task.body, task.args.take());
+                    if matches!(step, Ok((0, _, _))) && !ctx.wait_armed.get() {
+                        step = w.run_step(&task.body, None, cx);
                     }
-                    Ok((1, _, _)) => {
-                        // Preempted (or a bare `coroutine.yield()`): run again soon.
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
+                    match step {
+                        Ok((0, _, _)) => {
+                            task.waiting = true;
+                            Poll::Pending
+                        }
+                        Ok((1, _, _)) => {
+                            // Preempted (or a bare `coroutine.yield()`): run again soon.
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                        Ok((2, a, b)) => Poll::Ready(Ok(MultiValue::from_iter([a, b]))),
+                        Ok((_, err, _)) => Poll::Ready(Err(step_error(err))),
+                        Err(e) => Poll::Ready(Err(e)),
                     }
-                    Ok((2, a, b)) => Poll::Ready(Ok(MultiValue::from_iter([a, b]))),
-                    Ok((_, err, _)) => Poll::Ready(Err(step_error(err))),
-                    Err(e) => Poll::Ready(Err(e)),
-                }
-            }))
+                }))
+            })
         });
         match polled {
             Ok(Poll::Pending) => {
@@ -396,6 +405,18 @@ pub fn value_message(v: &mlua::Value) -> String {
     match v {
         mlua::Value::String(s) => s.to_string_lossy(),
         other => other.to_string().unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+/// Whether `e` is Lua's allocation failure, however it travelled: mlua's `MemoryError`, or the
+/// "not enough memory" value a failed `coroutine.resume` hands back as a plain error.
+fn is_memory_error(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            is_memory_error(cause)
+        }
+        other => lua_error_message(other) == "not enough memory",
     }
 }
 
@@ -520,6 +541,7 @@ mod tests {
                 method: "main".into(),
                 modules: vec![],
                 imports: Default::default(),
+                max_memory: None,
             },
             true,
         )

@@ -516,6 +516,7 @@ mod tests {
                 method: "run".into(),
                 modules: vec![],
                 imports: Default::default(),
+                max_memory: None,
             },
             false,
         )

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const SHARDS: usize = 16;
 
 /// Hashes the never-reused sequential ids: SipHash is needless work on the send path, and a
-/// multiplicative hash spreads sequential ids perfectly.
+/// multiplicative hash spreads sequential ids perfectly (and aligned addresses well enough).
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -26,6 +26,9 @@ impl Hasher for IdHasher {
     }
     fn write_u64(&mut self, id: u64) {
         self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, id: usize) {
+        self.write_u64(id as u64);
     }
 }
 

@@ -285,6 +285,9 @@ pub struct LuaCode {
     pub method: String,
     pub modules: Vec<String>,
     pub imports: BTreeMap<String, EntryId>,
+    /// The most Lua heap one process (or one handler call) of this entry may hold
+    /// (`max_memory`); `None` = no cap.
+    pub max_memory: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -14,6 +14,7 @@ use super::duration;
 use super::kinds::*;
 use super::order;
 use super::raw::{self, display_path, keys, type_name, RawEntry, Seg, Span, YamlFile};
+use super::size;
 use super::Registry;
 
 /// The tutorial's published HMAC key; the runtime warns when it is in use.
@@ -399,6 +400,32 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// A byte size (`64MB` or a number of bytes), greater than zero. `None` when absent.
+    fn opt_size(&mut self, path: &[&str]) -> Option<usize> {
+        let parsed = match self.get(path)? {
+            Value::String(s) => size::parse(s),
+            Value::Number(n) => n
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("expected a whole number of bytes, found {n}")),
+            other => {
+                self.mistyped(path, "a size like \"64MB\"", other);
+                return None;
+            }
+        };
+        match parsed {
+            Ok(0) => {
+                self.error(path, "must be greater than zero");
+                None
+            }
+            Ok(bytes) => Some(bytes),
+            Err(message) => {
+                self.error(path, message);
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, path: &[&str], default: Duration) -> Duration {
         self.opt_duration(path).unwrap_or(default)
     }
@@ -697,8 +724,15 @@ impl<'a> Cx<'a> {
             ],
             "security.policy" => &["policy", "groups"],
             "process.host" => &["host"],
-            "process.lua" => &["source", "method", "modules", "imports"],
-            "function.lua" => &["source", "method", "modules", "imports", "pool"],
+            "process.lua" => &["source", "method", "modules", "imports", "max_memory"],
+            "function.lua" => &[
+                "source",
+                "method",
+                "modules",
+                "imports",
+                "pool",
+                "max_memory",
+            ],
             "process.service" => &["process", "host", "input"],
             "http.service" => &["addr", "timeouts", "host", "tls", "network"],
             "http.router" => &[
@@ -1075,12 +1109,14 @@ fn lua_code(cx: &mut Cx, function: bool) -> LuaCode {
             }
         }
     }
+    let max_memory = cx.opt_size(&["max_memory"]);
     LuaCode {
         source,
         chunk_name,
         method,
         modules,
         imports,
+        max_memory,
     }
 }
 
@@ -1824,6 +1860,33 @@ mod tests {
                 "registry/_index.yaml:8: entry app:mem: field `lifecycle.restart.max_delay`: expected a duration string like \"5s\", found a number",
             ]
         );
+    }
+
+    #[test]
+    fn memory_caps() {
+        let entry = |name: &str, cap: &str| {
+            format!("  - name: {name}\n    kind: process.lua\n    source: 'return {{main = function() end}}'\n    method: main\n    max_memory: {cap}\n")
+        };
+        let got = errors(&format!(
+            "namespace: app\nentries:\n{}{}{}",
+            entry("a", "lots"),
+            entry("b", "0"),
+            entry("c", "[1]")
+        ));
+        assert_eq!(
+            got,
+            [
+                "registry/_index.yaml:7: entry app:a: field `max_memory`: invalid size \"lots\" (expected bytes or a number with KB, MB or GB)",
+                "registry/_index.yaml:12: entry app:b: field `max_memory`: must be greater than zero",
+                "registry/_index.yaml:17: entry app:c: field `max_memory`: expected a size like \"64MB\", found a list",
+            ]
+        );
+        let reg = single(&format!("{}{}", entry("d", "64MB"), entry("e", "4096")));
+        let cap = |n: &str| match &reg.get(&id(n)).unwrap().kind {
+            EntryKind::LuaProcess(c) => c.max_memory,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((cap("d"), cap("e")), (Some(64 << 20), Some(4096)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod kinds;
 mod load;
 pub mod order;
 mod raw;
+pub mod size;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
