@@ -503,16 +503,19 @@ async fn pool_sizes_are_resized_live_and_restart_nothing() {
         "the fixture's two process workers and the default two connection workers"
     );
 
+    // Edits the registry and waits for the `n`th pool resize; returns its log line.
+    let resize = |from: &str, to: &str, n: usize| {
+        edit(&index, from, to, save_by_rename);
+        eventually(&mw, "a pool resize", || {
+            (mw.count("worker pools resized") == n).then_some(())
+        });
+        nth_line(&mw, "worker pools resized", n)
+    };
+
     // More process workers, and connection workers given explicitly.
-    edit(
-        &index,
-        "      workers: 2\n",
-        "      workers: 3\n",
-        save_by_rename,
-    );
-    let resized = mw.wait_for("worker pools resized", DEADLINE);
-    assert_eq!(field(&resized, "process_workers"), "3", "{resized}");
-    assert_eq!(field(&resized, "was_process_workers"), "2", "{resized}");
+    let line = resize("      workers: 2\n", "      workers: 3\n", 1);
+    assert_eq!(field(&line, "process_workers"), "3", "{line}");
+    assert_eq!(field(&line, "was_process_workers"), "2", "{line}");
     let line = nth_line(&mw, "reload applied", 1);
     assert_eq!(field(&line, "resized"), "app:host");
     assert_eq!(
@@ -527,30 +530,17 @@ async fn pool_sizes_are_resized_live_and_restart_nothing() {
             .then_some(())
     });
 
-    edit(
-        &index,
+    resize(
         "    addr: \":0\"\n",
         "    addr: \":0\"\n    host:\n      worker_count: 1\n",
-        save_by_rename,
+        2,
     );
-    eventually(&mw, "the second resize", || {
-        (mw.count("worker pools resized") == 2).then_some(())
-    });
     let line = nth_line(&mw, "reload applied", 2);
     assert_eq!(field(&line, "resized"), "app:gateway");
     assert_eq!(field(&line, "restarted"), "", "the server keeps its socket");
 
     // Shrinking the process pool: the services keep running wherever they are.
-    edit(
-        &index,
-        "      workers: 3\n",
-        "      workers: 1\n",
-        save_by_rename,
-    );
-    eventually(&mw, "the third resize", || {
-        (mw.count("worker pools resized") == 3).then_some(())
-    });
-    let line = nth_line(&mw, "worker pools resized", 3);
+    let line = resize("      workers: 3\n", "      workers: 1\n", 3);
     assert_eq!(field(&line, "process_workers"), "1", "{line}");
     assert_eq!(field(&line, "connection_workers"), "1", "{line}");
 

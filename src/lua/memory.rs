@@ -182,7 +182,9 @@ unsafe extern "C" fn capped_alloc(
         }
     }
     if let Some(owner) = owner {
-        owner.used.set(owner.used.get().saturating_sub(kept) + nsize);
+        owner
+            .used
+            .set(owner.used.get().saturating_sub(kept) + nsize);
         put_owner(block, owner);
     }
     block
