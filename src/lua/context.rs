@@ -101,7 +101,7 @@ impl ProcCtx {
             kill: RefCell::new(None),
             http,
             upgrade: RefCell::new(None),
-            memory: memory_account(&code_cap),
+            memory: memory_account(code_cap),
         })
     }
 
@@ -136,7 +136,7 @@ impl ProcCtx {
             kill: RefCell::new(None),
             http: None,
             upgrade: RefCell::new(None),
-            memory: memory_account(&code_cap),
+            memory: memory_account(code_cap),
         })
     }
 
@@ -258,15 +258,15 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<ProcCtx>>> = const { RefCell::new(None) };
 }
 
-/// Installs `ctx` as current for the duration of `f` (one poll of its coroutine).
 /// A fresh account for an entry with `max_memory` (installing the capping allocator on this
 /// worker's state the first time).
-fn memory_account(cap: &Option<usize>) -> Option<Rc<crate::lua::memory::MemoryAccount>> {
-    let limit = (*cap)?;
+fn memory_account(cap: Option<usize>) -> Option<Rc<crate::lua::memory::MemoryAccount>> {
+    let limit = cap?;
     crate::lua::memory::install(&crate::lua::worker::worker_lua().lua);
     Some(crate::lua::memory::MemoryAccount::new(limit))
 }
 
+/// Installs `ctx` as current for the duration of `f` (one poll of its coroutine).
 pub fn enter<R>(ctx: &Rc<ProcCtx>, f: impl FnOnce() -> R) -> R {
     let prev = CURRENT.with(|c| c.replace(Some(ctx.clone())));
     struct Restore(Option<Rc<ProcCtx>>);
