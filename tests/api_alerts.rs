@@ -1,6 +1,6 @@
 //! Price alerts and the public ticker over real HTTP and WebSocket: create → fire once on the
-//! owner's socket → marked fired; persistence across restarts; the 500 ms reply timeout; the
-//! in-place upgrade of the tutorial's database.
+//! owner's socket → marked fired; persistence across restarts and across `kill -9`; the 500 ms
+//! reply timeout; the in-place upgrade of the tutorial's database.
 
 mod support;
 
@@ -296,6 +296,39 @@ mod support_ws {
     pub type Ws = tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
+}
+
+#[test]
+fn committed_writes_survive_kill_9() {
+    let dir = app_project();
+    let mut mw = Moonwire::start(dir.path(), true);
+    let key = mw.demo_key();
+    let auth = bearer(&token(mw.addr(), &key));
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = post_alert(
+            mw.addr(),
+            &auth,
+            json!({"symbol": "BTC-USD", "above": 1e9 + f64::from(i)}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["alert"]["id"].clone());
+    }
+    // Killed at once after the last answer: no shutdown, no checkpoint.
+    mw.kill();
+
+    let mw = Moonwire::start(dir.path(), true);
+    // The same demo key (one row of the first run's migration) and every answered write.
+    mw.wait_for("demo API key exists", Duration::from_secs(20));
+    assert_eq!(mw.count("demo API key created"), 0);
+    let auth = bearer(&token(mw.addr(), &key));
+    let mut got: Vec<serde_json::Value> = list(mw.addr(), &auth)
+        .into_iter()
+        .map(|a| a["id"].clone())
+        .collect();
+    got.sort_by_key(|v| v.to_string());
+    ids.sort_by_key(|v| v.to_string());
+    assert_eq!(got, ids);
 }
 
 #[test]

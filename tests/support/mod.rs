@@ -170,6 +170,12 @@ impl Moonwire {
         field(&line, "api_key")
     }
 
+    /// SIGKILL: no shutdown of any kind (the crash case).
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the binary");
+        self.child.wait().expect("reap the binary");
+    }
+
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
