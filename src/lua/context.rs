@@ -38,8 +38,10 @@ pub struct ProcCtx {
     /// Created on first use (see `inbox()` / `events()`): many processes never get an event.
     inbox: std::cell::OnceCell<Rc<ChanCore>>,
     events: std::cell::OnceCell<Rc<ChanCore>>,
-    pub inbox_ud: RefCell<Option<mlua::AnyUserData>>,
-    pub events_ud: RefCell<Option<mlua::AnyUserData>>,
+    /// The channel objects `process.inbox()` / `events()` hand out, in the Lua registry (see
+    /// `LuaTask::body` for why not as mlua references).
+    pub inbox_ud: RefCell<Option<mlua::RegistryKey>>,
+    pub events_ud: RefCell<Option<mlua::RegistryKey>>,
     pub listeners: RefCell<Vec<Listener>>,
     pub options: Cell<ProcOptions>,
     tasks: RefCell<Vec<tokio::task::AbortHandle>>,

@@ -230,15 +230,17 @@ fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
     for a in &args {
         call_args.push_back(convert::to_lua(lua, a)?);
     }
-    Ok(LuaTask::driven(body, call_args))
+    LuaTask::driven(body, call_args)
 }
 
 /// A process coroutine (or a `coroutine.spawn` function) run one step per poll through the
 /// worker's `step` (see `worker::STEP`): Lua's own `coroutine.resume` drives it, so the
 /// preemption hook may yield it safely, and no driver coroutine is kept per process.
 pub struct LuaTask {
-    /// The coroutine the script runs in: the one the preemption hook may yield.
-    body: mlua::Thread,
+    /// The coroutine the script runs in: the one the preemption hook may yield. Kept in the Lua
+    /// registry, not as an mlua reference: mlua keeps its references on one auxiliary Lua stack
+    /// of at most a million slots per state, which capped a worker at ~500,000 idle processes.
+    body: mlua::RegistryKey,
     ptr: *const std::ffi::c_void,
     /// Arguments of the first resume.
     args: Option<MultiValue>,
@@ -250,19 +252,23 @@ pub struct LuaTask {
 
 impl LuaTask {
     /// `body` run with `args` on its first resume.
-    fn driven(body: mlua::Thread, args: MultiValue) -> LuaTask {
-        LuaTask {
+    fn driven(body: mlua::Thread, args: MultiValue) -> mlua::Result<LuaTask> {
+        Ok(LuaTask {
             ptr: body.to_pointer(),
-            body,
+            body: worker_lua().lua.create_registry_value(body)?,
             args: Some(args),
             waiting: false,
             yielding: None,
-        }
+        })
     }
 
     /// An existing coroutine run as a task (for `coroutine.spawn`).
     pub fn of_thread(thread: mlua::Thread) -> mlua::Result<LuaTask> {
-        Ok(LuaTask::driven(thread, MultiValue::new()))
+        LuaTask::driven(thread, MultiValue::new())
+    }
+
+    fn body(&self) -> mlua::Result<mlua::Thread> {
+        worker_lua().lua.registry_value(&self.body)
     }
 }
 
@@ -272,7 +278,9 @@ impl Drop for LuaTask {
         // hold a timer, a socket or a pool slot), and never run the body again.
         if self.waiting {
             if let Some(w) = crate::lua::worker::try_worker_lua() {
-                w.terminate_wait(&self.body);
+                if let Ok(body) = w.lua.registry_value(&self.body) {
+                    w.terminate_wait(&body);
+                }
             }
         }
     }
@@ -330,9 +338,13 @@ impl Future for ProcTask {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     task.waiting = false;
                     let w = worker_lua();
-                    let mut step = w.run_step_direct(&task.body, task.args.take());
+                    let body = match task.body() {
+                        Ok(body) => body,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    let mut step = w.run_step_direct(&body, task.args.take());
                     if matches!(step, Ok((0, _, _))) && !ctx.wait_armed.get() {
-                        step = w.run_step(&task.body, None, cx);
+                        step = w.run_step(&body, None, cx);
                     }
                     match step {
                         Ok((0, _, _)) => {

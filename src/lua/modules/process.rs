@@ -685,14 +685,14 @@ fn with_target(
 
 fn cached_channel(
     lua: &Lua,
-    slot: &std::cell::RefCell<Option<AnyUserData>>,
+    slot: &std::cell::RefCell<Option<mlua::RegistryKey>>,
     core: &std::rc::Rc<ChanCore>,
 ) -> mlua::Result<AnyUserData> {
-    if let Some(ud) = slot.borrow().as_ref() {
-        return Ok(ud.clone());
+    if let Some(key) = slot.borrow().as_ref() {
+        return lua.registry_value(key);
     }
     let ud = lua.create_userdata(Channel(core.clone()))?;
-    *slot.borrow_mut() = Some(ud.clone());
+    *slot.borrow_mut() = Some(lua.create_registry_value(ud.clone())?);
     Ok(ud)
 }
 
