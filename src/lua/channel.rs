@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 
 /// What a channel buffers. Mailbox items stay owned until a receiver turns them into Lua values.
 pub enum Item {
-    Lua(mlua::Value),
+    /// A script's value (`None`: nil), kept in the Lua registry rather than as an mlua
+    /// reference, so values buffered in channels cannot exhaust mlua's reference stack.
+    Lua(Option<mlua::RegistryKey>),
     Value(crate::process::value::Value),
     Message(Message),
     Event(Event),
@@ -210,7 +212,7 @@ impl ChanCore {
             }
             if self.can_send() {
                 let mut st = self.state.borrow_mut();
-                st.buf.push_back(Item::Lua(mlua::Value::Nil));
+                st.buf.push_back(Item::Lua(None));
                 st.pushed += 1;
                 return Poll::Ready(Ok(st.pushed));
             }
@@ -309,9 +311,9 @@ impl UserData for Channel {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_async_method("send", |_, this, v: mlua::Value| async move {
+        methods.add_async_method("send", |lua, this, v: mlua::Value| async move {
             this.0
-                .send(Item::Lua(v))
+                .send(lua_item(&lua, v)?)
                 .await
                 .map_err(|_| mlua::Error::runtime("send on closed channel"))?;
             Ok(true)
@@ -340,10 +342,23 @@ impl UserData for Channel {
     }
 }
 
+/// A script's value as a channel item.
+fn lua_item(lua: &Lua, v: mlua::Value) -> mlua::Result<Item> {
+    Ok(Item::Lua(match v {
+        mlua::Value::Nil => None,
+        v => Some(lua.create_registry_value(v)?),
+    }))
+}
+
 /// Converts a buffered item into what scripts receive.
 pub fn item_to_lua(lua: &Lua, item: Item) -> mlua::Result<mlua::Value> {
     match item {
-        Item::Lua(v) => Ok(v),
+        Item::Lua(None) => Ok(mlua::Value::Nil),
+        Item::Lua(Some(key)) => {
+            let v = lua.registry_value(&key)?;
+            lua.remove_registry_value(key)?;
+            Ok(v)
+        }
         Item::Value(v) => crate::lua::convert::to_lua(lua, &v),
         Item::Message(m) => crate::lua::modules::process::message_to_lua(lua, m),
         Item::Event(e) => crate::lua::modules::process::event_to_lua(lua, &e),
@@ -464,7 +479,7 @@ fn select_result(lua: &Lua, list: &[SelectCase], ready: Ready) -> mlua::Result<m
             if core.is_closed() {
                 return Err(mlua::Error::runtime("send on closed channel"));
             }
-            core.push(Item::Lua(send.clone().unwrap_or(mlua::Value::Nil)));
+            core.push(lua_item(lua, send.clone().unwrap_or(mlua::Value::Nil))?);
             result.set("ok", true)?;
         }
     }
@@ -710,11 +725,11 @@ mod tests {
         let mut recv = Box::pin(ch.receive());
         assert!(recv.as_mut().poll(&mut cx).is_pending());
         assert!(ch.select_can_send(), "a receiver is parked");
-        ch.push(Item::Lua(mlua::Value::Integer(1)));
+        ch.push(Item::Time(SystemTime::UNIX_EPOCH));
         assert!(!ch.select_can_send(), "its value is already on the way");
         assert!(matches!(
             recv.as_mut().poll(&mut cx),
-            Poll::Ready(Some(Item::Lua(mlua::Value::Integer(1))))
+            Poll::Ready(Some(Item::Time(SystemTime::UNIX_EPOCH)))
         ));
         drop(recv);
         assert!(!ch.select_can_send(), "the receiver is gone");

@@ -260,6 +260,23 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<ProcCtx>>> = const { RefCell::new(None) };
 }
 
+impl Drop for ProcCtx {
+    /// Releases the process's registry slots now: a dropped `RegistryKey` alone keeps its
+    /// value alive until mlua reuses the slot, which a burst of exits would turn into memory
+    /// held for nothing. Keys its tasks and channels dropped earlier are released with them.
+    fn drop(&mut self) {
+        let Some(w) = crate::lua::worker::try_worker_lua() else {
+            return;
+        };
+        for slot in [&self.inbox_ud, &self.events_ud] {
+            if let Some(key) = slot.borrow_mut().take() {
+                let _ = w.lua.remove_registry_value(key);
+            }
+        }
+        w.lua.expire_registry_values();
+    }
+}
+
 /// A fresh account for an entry with `max_memory` (installing the capping allocator on this
 /// worker's state the first time).
 fn memory_account(cap: Option<usize>) -> Option<Rc<crate::lua::memory::MemoryAccount>> {

@@ -524,6 +524,86 @@ mod tests {
         got
     }
 
+    /// The worker's Lua heap after two full collections, measured on worker 0.
+    fn worker_heap(node: &Arc<Node>) -> usize {
+        let (tx, rx) = std::sync::mpsc::channel();
+        node.scheduler.submit_to(
+            0,
+            Box::new(move || {
+                let lua = &worker_lua().lua;
+                lua.gc_collect().unwrap();
+                lua.gc_collect().unwrap();
+                tx.send(lua.used_memory()).unwrap();
+            }),
+        );
+        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn exited_processes_leave_nothing_in_the_lua_registry() {
+        let host = EntryId::new("t", "host");
+        let node = node_with_host(&host);
+        let code = crate::lua::compile::compile(
+            &EntryId::new("t", "idle"),
+            &LuaCode {
+                source: "return { main = function() process.inbox():receive() end }".into(),
+                chunk_name: "idle.lua".into(),
+                method: "main".into(),
+                modules: vec![],
+                imports: Default::default(),
+                max_memory: None,
+            },
+            true,
+        )
+        .unwrap();
+        let spawn_all = |n: usize| -> Vec<Pid> {
+            (0..n)
+                .map(|_| {
+                    spawn_process(
+                        &node,
+                        code.clone(),
+                        &host,
+                        vec![],
+                        Arc::new(SecurityContext::default()),
+                        SpawnOptions::default(),
+                    )
+                    .unwrap()
+                })
+                .collect()
+        };
+        let wait_alive = |want: usize| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while node.procs.alive() != want && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(node.procs.alive(), want);
+        };
+        // Warm-up: the worker's state, its module tables and registry size.
+        for p in spawn_all(100) {
+            node.procs.get(p.id()).unwrap().mailbox.kill("stop");
+        }
+        wait_alive(0);
+        let before = worker_heap(&node);
+        // 5,000 live processes, each with its coroutine and its inbox object in the registry,
+        // all ended together: nothing may keep them reachable afterwards.
+        let pids = spawn_all(5000);
+        wait_alive(5000);
+        let with_them = worker_heap(&node);
+        for p in &pids {
+            node.procs.get(p.id()).unwrap().mailbox.kill("stop");
+        }
+        wait_alive(0);
+        let after = worker_heap(&node);
+        assert!(
+            with_them > before + 5000 * 500,
+            "the live processes should show: {before} → {with_them}"
+        );
+        assert!(
+            after < before + (with_them - before) / 20,
+            "their memory should be released: {before} → {with_them} → {after}"
+        );
+    }
+
     #[test]
     fn a_rust_panic_in_a_binding_still_fires_monitors_and_links() {
         let host = EntryId::new("t", "host");
