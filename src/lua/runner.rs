@@ -524,6 +524,23 @@ mod tests {
         got
     }
 
+    /// A compiled `process.lua` entry `t:<name>` with a `main` method.
+    fn process_code(name: &str, source: &str) -> Arc<CompiledCode> {
+        crate::lua::compile::compile(
+            &EntryId::new("t", name),
+            &LuaCode {
+                source: source.into(),
+                chunk_name: format!("{name}.lua"),
+                method: "main".into(),
+                modules: vec![],
+                imports: Default::default(),
+                max_memory: None,
+            },
+            true,
+        )
+        .unwrap()
+    }
+
     /// The worker's Lua heap after two full collections, measured on worker 0.
     fn worker_heap(node: &Arc<Node>) -> usize {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -543,19 +560,10 @@ mod tests {
     fn exited_processes_leave_nothing_in_the_lua_registry() {
         let host = EntryId::new("t", "host");
         let node = node_with_host(&host);
-        let code = crate::lua::compile::compile(
-            &EntryId::new("t", "idle"),
-            &LuaCode {
-                source: "return { main = function() process.inbox():receive() end }".into(),
-                chunk_name: "idle.lua".into(),
-                method: "main".into(),
-                modules: vec![],
-                imports: Default::default(),
-                max_memory: None,
-            },
-            true,
-        )
-        .unwrap();
+        let code = process_code(
+            "idle",
+            "return { main = function() process.inbox():receive() end }",
+        );
         let spawn_all = |n: usize| -> Vec<Pid> {
             (0..n)
                 .map(|_| {
@@ -624,20 +632,7 @@ mod tests {
             }),
         );
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        let id = EntryId::new("t", "panicky");
-        let code = crate::lua::compile::compile(
-            &id,
-            &LuaCode {
-                source: "return { main = function() test_panic() end }".into(),
-                chunk_name: "panicky.lua".into(),
-                method: "main".into(),
-                modules: vec![],
-                imports: Default::default(),
-                max_memory: None,
-            },
-            true,
-        )
-        .unwrap();
+        let code = process_code("panicky", "return { main = function() test_panic() end }");
         let watcher = node
             .procs
             .register(Arc::from("t:host"), Arc::from("t:watcher"));
