@@ -36,12 +36,15 @@ pub struct Scheduler {
 struct PoolSet {
     /// `None` once the worker is retired: it takes no new jobs.
     senders: Vec<Option<mpsc::UnboundedSender<Job>>>,
-    connection: Vec<usize>,
-    /// Empty: processes started from outside a worker share the connection workers.
-    process: Vec<usize>,
+    /// The active workers of each pool (`CONNECTION`, `PROCESS`). An empty process pool means
+    /// processes started from outside a worker share the connection workers.
+    active: [Vec<usize>; 2],
     /// Threads started per pool, for their names.
     named: [usize; 2],
 }
+
+const CONNECTION: usize = 0;
+const PROCESS: usize = 1;
 
 /// How many workers each pool has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,19 +54,12 @@ pub struct Pools {
     pub process_workers: usize,
 }
 
-#[derive(Clone, Copy)]
-enum Pool {
-    Connection = 0,
-    Process = 1,
-}
-
 impl Scheduler {
     pub fn start(pools: Pools) -> Arc<Scheduler> {
         let scheduler = Scheduler {
             pools: RwLock::new(PoolSet {
                 senders: Vec::new(),
-                connection: Vec::new(),
-                process: Vec::new(),
+                active: [Vec::new(), Vec::new()],
                 named: [0, 0],
             }),
             threads: Mutex::new(Vec::new()),
@@ -76,11 +72,7 @@ impl Scheduler {
 
     /// The current pool sizes.
     pub fn pools(&self) -> Pools {
-        let set = self.pools.read().expect("pools lock");
-        Pools {
-            connection_workers: set.connection.len(),
-            process_workers: set.process.len(),
-        }
+        sizes(&self.pools.read().expect("pools lock"))
     }
 
     /// Grows or shrinks the pools to `pools` while everything keeps running (hot reload of
@@ -89,43 +81,26 @@ impl Scheduler {
     /// bound to their worker's Lua state) keeps running there, and its thread ends with the
     /// last of them. Returns the sizes before.
     pub fn resize(&self, pools: Pools) -> Pools {
-        let before = self.pools();
         let mut set = self.pools.write().expect("pools lock");
+        let before = sizes(&set);
         let mut threads = self.threads.lock().expect("threads lock");
-        for (pool, want) in [
-            (Pool::Connection, pools.connection_workers.max(1)),
-            (Pool::Process, pools.process_workers),
+        for (pool, want, kind) in [
+            (CONNECTION, pools.connection_workers.max(1), "conn"),
+            (PROCESS, pools.process_workers, "proc"),
         ] {
-            loop {
-                let active = match pool {
-                    Pool::Connection => set.connection.len(),
-                    Pool::Process => set.process.len(),
-                };
-                if active < want {
-                    let index = set.senders.len();
-                    let name = match pool {
-                        Pool::Connection => format!("moonwire-conn-{}", set.named[0]),
-                        Pool::Process => format!("moonwire-proc-{}", set.named[1]),
-                    };
-                    set.named[pool as usize] += 1;
-                    let (tx, handle) = spawn_worker(index, name);
-                    set.senders.push(Some(tx));
-                    threads.push(handle);
-                    match pool {
-                        Pool::Connection => set.connection.push(index),
-                        Pool::Process => set.process.push(index),
-                    }
-                } else if active > want {
-                    let index = match pool {
-                        Pool::Connection => set.connection.pop(),
-                        Pool::Process => set.process.pop(),
-                    }
-                    .expect("a worker to retire");
-                    if let Some(tx) = set.senders[index].take() {
-                        let _ = tx.send(Box::new(|| RETIRED.with(|r| r.set(true))));
-                    }
-                } else {
-                    break;
+            while set.active[pool].len() < want {
+                let index = set.senders.len();
+                let name = format!("moonwire-{kind}-{}", set.named[pool]);
+                set.named[pool] += 1;
+                let (tx, handle) = spawn_worker(index, name);
+                set.senders.push(Some(tx));
+                threads.push(handle);
+                set.active[pool].push(index);
+            }
+            while set.active[pool].len() > want {
+                let index = set.active[pool].pop().expect("a worker to retire");
+                if let Some(tx) = set.senders[index].take() {
+                    let _ = tx.send(Box::new(|| RETIRED.with(|r| r.set(true))));
                 }
             }
         }
@@ -144,10 +119,10 @@ impl Scheduler {
             return job();
         }
         let set = self.pools.read().expect("pools lock");
-        let pool = if set.process.is_empty() {
-            &set.connection
+        let pool = if set.active[PROCESS].is_empty() {
+            &set.active[CONNECTION]
         } else {
-            &set.process
+            &set.active[PROCESS]
         };
         let i = pool[self.next_process.fetch_add(1, Ordering::Relaxed) % pool.len()];
         send(&set, i, job);
@@ -156,7 +131,7 @@ impl Scheduler {
     /// Runs `job` (an HTTP connection) on the next connection worker round-robin.
     pub fn submit_connection(&self, job: Job) {
         let set = self.pools.read().expect("pools lock");
-        let pool = &set.connection;
+        let pool = &set.active[CONNECTION];
         let i = pool[self.next_connection.fetch_add(1, Ordering::Relaxed) % pool.len()];
         send(&set, i, job);
     }
@@ -170,6 +145,13 @@ impl Scheduler {
     pub fn shutdown(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         drop(threads);
+    }
+}
+
+fn sizes(set: &PoolSet) -> Pools {
+    Pools {
+        connection_workers: set.active[CONNECTION].len(),
+        process_workers: set.active[PROCESS].len(),
     }
 }
 
