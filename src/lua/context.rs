@@ -285,7 +285,8 @@ fn memory_account(cap: Option<usize>) -> Option<Rc<crate::lua::memory::MemoryAcc
     Some(crate::lua::memory::MemoryAccount::new(limit))
 }
 
-/// Installs `ctx` as current for the duration of `f` (one poll of its coroutine).
+/// Installs `ctx` as current for the duration of `f` (one poll of its coroutine); what Lua
+/// allocates meanwhile is charged to its memory account, if it has one.
 pub fn enter<R>(ctx: &Rc<ProcCtx>, f: impl FnOnce() -> R) -> R {
     let prev = CURRENT.with(|c| c.replace(Some(ctx.clone())));
     struct Restore(Option<Rc<ProcCtx>>);
@@ -296,7 +297,7 @@ pub fn enter<R>(ctx: &Rc<ProcCtx>, f: impl FnOnce() -> R) -> R {
         }
     }
     let _restore = Restore(prev);
-    f()
+    crate::lua::memory::charged(ctx.memory.as_ref(), f)
 }
 
 pub fn current() -> Option<Rc<ProcCtx>> {

@@ -330,38 +330,36 @@ impl Future for ProcTask {
             }
         }
         ctx.wait_armed.set(false);
-        let polled = crate::lua::memory::charged(ctx.memory.as_ref(), || {
-            context::enter(&ctx, || {
-                ctx.slice_start.set(std::time::Instant::now());
-                ctx.running_thread.set(task.ptr);
-                ctx.preempted.set(false);
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    task.waiting = false;
-                    let w = worker_lua();
-                    let body = match task.body() {
-                        Ok(body) => body,
-                        Err(e) => return Poll::Ready(Err(e)),
-                    };
-                    let mut step = w.run_step_direct(&body, task.args.take());
-                    if matches!(step, Ok((0, _, _))) && !ctx.wait_armed.get() {
-                        step = w.run_step(&body, None, cx);
+        let polled = context::enter(&ctx, || {
+            ctx.slice_start.set(std::time::Instant::now());
+            ctx.running_thread.set(task.ptr);
+            ctx.preempted.set(false);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                task.waiting = false;
+                let w = worker_lua();
+                let body = match task.body() {
+                    Ok(body) => body,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                let mut step = w.run_step_direct(&body, task.args.take());
+                if matches!(step, Ok((0, _, _))) && !ctx.wait_armed.get() {
+                    step = w.run_step(&body, None, cx);
+                }
+                match step {
+                    Ok((0, _, _)) => {
+                        task.waiting = true;
+                        Poll::Pending
                     }
-                    match step {
-                        Ok((0, _, _)) => {
-                            task.waiting = true;
-                            Poll::Pending
-                        }
-                        Ok((1, _, _)) => {
-                            // Preempted (or a bare `coroutine.yield()`): run again soon.
-                            cx.waker().wake_by_ref();
-                            Poll::Pending
-                        }
-                        Ok((2, a, b)) => Poll::Ready(Ok(MultiValue::from_iter([a, b]))),
-                        Ok((_, err, _)) => Poll::Ready(Err(step_error(err))),
-                        Err(e) => Poll::Ready(Err(e)),
+                    Ok((1, _, _)) => {
+                        // Preempted (or a bare `coroutine.yield()`): run again soon.
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
                     }
-                }))
-            })
+                    Ok((2, a, b)) => Poll::Ready(Ok(MultiValue::from_iter([a, b]))),
+                    Ok((_, err, _)) => Poll::Ready(Err(step_error(err))),
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            }))
         });
         match polled {
             Ok(Poll::Pending) => {
