@@ -13,11 +13,18 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, SystemTime};
 
+/// A script's value in a channel. Values that are mlua references (strings, tables, functions,
+/// userdata) are kept in the Lua registry instead, so values buffered in channels cannot
+/// exhaust mlua's reference stack; the others are held as they are.
+pub enum LuaItem {
+    Plain(mlua::Value),
+    Stored(mlua::RegistryKey),
+}
+
 /// What a channel buffers. Mailbox items stay owned until a receiver turns them into Lua values.
 pub enum Item {
-    /// A script's value (`None`: nil), kept in the Lua registry rather than as an mlua
-    /// reference, so values buffered in channels cannot exhaust mlua's reference stack.
-    Lua(Option<mlua::RegistryKey>),
+    /// A script's value.
+    Lua(LuaItem),
     Value(crate::process::value::Value),
     Message(Message),
     Event(Event),
@@ -212,7 +219,8 @@ impl ChanCore {
             }
             if self.can_send() {
                 let mut st = self.state.borrow_mut();
-                st.buf.push_back(Item::Lua(None));
+                st.buf
+                    .push_back(Item::Lua(LuaItem::Plain(mlua::Value::Nil)));
                 st.pushed += 1;
                 return Poll::Ready(Ok(st.pushed));
             }
@@ -344,17 +352,18 @@ impl UserData for Channel {
 
 /// A script's value as a channel item.
 fn lua_item(lua: &Lua, v: mlua::Value) -> mlua::Result<Item> {
+    use mlua::Value::*;
     Ok(Item::Lua(match v {
-        mlua::Value::Nil => None,
-        v => Some(lua.create_registry_value(v)?),
+        Nil | Boolean(_) | Integer(_) | Number(_) | LightUserData(_) => LuaItem::Plain(v),
+        v => LuaItem::Stored(lua.create_registry_value(v)?),
     }))
 }
 
 /// Converts a buffered item into what scripts receive.
 pub fn item_to_lua(lua: &Lua, item: Item) -> mlua::Result<mlua::Value> {
     match item {
-        Item::Lua(None) => Ok(mlua::Value::Nil),
-        Item::Lua(Some(key)) => {
+        Item::Lua(LuaItem::Plain(v)) => Ok(v),
+        Item::Lua(LuaItem::Stored(key)) => {
             let v = lua.registry_value(&key)?;
             lua.remove_registry_value(key)?;
             Ok(v)
@@ -725,11 +734,11 @@ mod tests {
         let mut recv = Box::pin(ch.receive());
         assert!(recv.as_mut().poll(&mut cx).is_pending());
         assert!(ch.select_can_send(), "a receiver is parked");
-        ch.push(Item::Time(SystemTime::UNIX_EPOCH));
+        ch.push(Item::Lua(LuaItem::Plain(mlua::Value::Integer(1))));
         assert!(!ch.select_can_send(), "its value is already on the way");
         assert!(matches!(
             recv.as_mut().poll(&mut cx),
-            Poll::Ready(Some(Item::Time(SystemTime::UNIX_EPOCH)))
+            Poll::Ready(Some(Item::Lua(LuaItem::Plain(mlua::Value::Integer(1)))))
         ));
         drop(recv);
         assert!(!ch.select_can_send(), "the receiver is gone");
