@@ -298,12 +298,18 @@ mod support_ws {
     >;
 }
 
+/// The app started in `dir`, its demo key, and a bearer header for it.
+fn start_with_token(dir: &std::path::Path) -> (Moonwire, String, String) {
+    let mw = Moonwire::start(dir, true);
+    let key = mw.demo_key();
+    let auth = bearer(&token(mw.addr(), &key));
+    (mw, key, auth)
+}
+
 #[test]
 fn committed_writes_survive_kill_9() {
     let dir = app_project();
-    let mut mw = Moonwire::start(dir.path(), true);
-    let key = mw.demo_key();
-    let auth = bearer(&token(mw.addr(), &key));
+    let (mut mw, key, auth) = start_with_token(dir.path());
     let mut ids = Vec::new();
     for i in 0..20 {
         let r = post_alert(
@@ -334,9 +340,7 @@ fn committed_writes_survive_kill_9() {
 #[test]
 fn alerts_survive_a_restart() {
     let dir = app_project();
-    let mut mw = Moonwire::start(dir.path(), true);
-    let key = mw.demo_key();
-    let auth = bearer(&token(mw.addr(), &key));
+    let (mut mw, key, auth) = start_with_token(dir.path());
     let r = post_alert(
         mw.addr(),
         &auth,
