@@ -369,7 +369,7 @@ pub fn item_to_lua(lua: &Lua, item: Item) -> mlua::Result<mlua::Value> {
             Ok(v)
         }
         Item::Value(v) => crate::lua::convert::to_lua(lua, &v),
-        Item::Message(m) => crate::lua::modules::process::message_to_lua(lua, m),
+        Item::Message(m) => crate::lua::message::to_lua(lua, m),
         Item::Event(e) => crate::lua::modules::process::event_to_lua(lua, &e),
         Item::Time(t) => crate::lua::modules::time::time_value(
             lua,

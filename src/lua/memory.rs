@@ -71,6 +71,12 @@ pub fn charged<R>(account: Option<&Rc<MemoryAccount>>, f: impl FnOnce() -> R) ->
     f()
 }
 
+/// Whether this thread's Lua state can fail an allocation (a capping allocator is in front of
+/// mlua's); raw Lua calls that allocate must then run protected.
+pub fn installed() -> bool {
+    INSTALLED.with(|i| i.get())
+}
+
 /// Puts the capping allocator in front of `lua`'s (once per thread; `lua` is the worker's state).
 pub fn install(lua: &mlua::Lua) {
     if INSTALLED.with(|i| i.replace(true)) {

@@ -318,23 +318,23 @@ impl WorkerLua {
         }
     }
 
-    /// `run_step` without an async poll: the step is called directly. Cheaper (no thread and
-    /// no future per poll), but an mlua async call inside `co` is polled with a no-op waker,
-    /// so code `0` is only a real wait when a synchronous wait armed it (`ProcCtx::wait_armed`);
-    /// otherwise the caller finishes the poll with `run_step`, which polls that call again with
-    /// the task's waker.
+    /// `run_step` without an async poll: `co` is resumed straight through `lua_resume`
+    /// (`resume.rs`). Cheaper (no thread, no future and no Lua frame per poll), but an mlua
+    /// async call inside `co` is polled with a no-op waker, so code `0` is only a real wait
+    /// when a synchronous wait armed it (`ProcCtx::wait_armed`); otherwise the caller finishes
+    /// the poll with `run_step`, which polls that call again with the task's waker.
     pub fn run_step_direct(
         &self,
         co: &mlua::Thread,
         args: Option<mlua::MultiValue>,
     ) -> mlua::Result<(i64, mlua::Value, mlua::Value)> {
-        match args {
-            Some(mut a) => {
-                a.push_front(mlua::Value::Thread(co.clone()));
-                self.step.call(a)
-            }
-            None => self.step.call(co.clone()),
-        }
+        use crate::lua::resume::Stopped;
+        Ok(match crate::lua::resume::resume(&self.lua, co, args)? {
+            Stopped::Waiting => (0, mlua::Value::Nil, mlua::Value::Nil),
+            Stopped::Yielded => (1, mlua::Value::Nil, mlua::Value::Nil),
+            Stopped::Finished(a, b) => (2, a, b),
+            Stopped::Failed(err) => (3, err, mlua::Value::Nil),
+        })
     }
 
     /// Ends the async call `co` is waiting in (its future is dropped now rather than when the

@@ -1,6 +1,6 @@
 //! The `process` global (§3): identity, messaging, spawning, links and monitors, options, the
-//! inbox/events/listen channels, upgrade, the name registry; plus Message/Payload objects and
-//! the `payload` global.
+//! inbox/events/listen channels, upgrade, the name registry; plus Payload objects and the
+//! `payload` global (received messages are `lua/message.rs`).
 
 use crate::lua::channel::{ChanCore, Channel};
 use crate::lua::context::{self, Listener, ProcCtx};
@@ -20,39 +20,6 @@ pub const LINK_DOWN: &str = "pid.link.down";
 pub const CANCEL: &str = "pid.cancel";
 pub const OUTDATED: &str = "pid.outdated";
 
-/// A received message (`msg:topic()`, `msg:from()`, `msg:payload()`).
-pub struct LuaMessage(pub Message);
-
-impl UserData for LuaMessage {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("topic", |lua, this, ()| lua.create_string(&*this.0.topic));
-        methods.add_method("from", |lua, this, ()| {
-            this.0.from.as_ref().map(|p| pid_string(lua, p)).transpose()
-        });
-        // A message with one payload is its own payload view (`data`, `get_format` below):
-        // one userdata per received message instead of two, on the hottest path there is.
-        methods.add_function("payload", |lua, this: AnyUserData| {
-            let count = this.borrow::<LuaMessage>()?.0.payloads.len();
-            match count {
-                0 => Ok(mlua::Value::Nil),
-                1 => Ok(mlua::Value::UserData(this)),
-                _ => {
-                    let t = lua.create_table()?;
-                    for (i, p) in this.borrow::<LuaMessage>()?.0.payloads.iter().enumerate() {
-                        t.raw_set(i + 1, Payload(p.clone()))?;
-                    }
-                    Ok(mlua::Value::Table(t))
-                }
-            }
-        });
-        methods.add_method("data", |lua, this, ()| match this.0.payloads.first() {
-            Some(v) => ok(lua, convert::to_lua(lua, v)?),
-            None => ok(lua, mlua::Value::Nil),
-        });
-        methods.add_method("get_format", |_, _, ()| Ok("lua"));
-    }
-}
-
 /// One payload value; `:data()` gives a fresh copy each call.
 #[derive(Clone)]
 pub struct Payload(pub Value);
@@ -64,10 +31,6 @@ impl UserData for Payload {
         });
         methods.add_method("get_format", |_, _, ()| Ok("lua"));
     }
-}
-
-pub fn message_to_lua(lua: &Lua, m: Message) -> mlua::Result<mlua::Value> {
-    Ok(mlua::Value::UserData(lua.create_userdata(LuaMessage(m))?))
 }
 
 pub fn event_to_lua(lua: &Lua, e: &Event) -> mlua::Result<mlua::Value> {
@@ -136,16 +99,17 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// A message payload from a Lua argument (`payload.new` objects pass through).
-pub fn payload_value(v: &mlua::Value) -> Result<Value, crate::process::value::ErrorValue> {
+pub fn payload_value(
+    lua: &Lua,
+    v: &mlua::Value,
+) -> Result<Value, crate::process::value::ErrorValue> {
     if let mlua::Value::UserData(ud) = v {
         if let Ok(p) = ud.borrow::<Payload>() {
             return Ok(p.0.clone());
         }
-        // A one-payload message passed on as its own payload (see `LuaMessage`).
-        if let Ok(m) = ud.borrow::<LuaMessage>() {
-            if let [only] = m.0.payloads.as_slice() {
-                return Ok(only.clone());
-            }
+        // A one-payload message passed on as its own payload (see `lua/message.rs`).
+        if let Some(only) = crate::lua::message::single_payload(lua, v) {
+            return Ok(only);
         }
     }
     convert::from_lua(v)
@@ -285,9 +249,10 @@ fn deliver(
 
 /// The payloads of a send as owned values, or the error `send` reports.
 fn message_values(
+    lua: &Lua,
     payloads: &Variadic<mlua::Value>,
 ) -> Result<Vec<Value>, crate::process::value::ErrorValue> {
-    payloads.iter().map(payload_value).collect()
+    payloads.iter().map(|p| payload_value(lua, p)).collect()
 }
 
 fn send(
@@ -313,7 +278,7 @@ fn send(
             "permission denied: process.send",
         );
     }
-    let values = match message_values(&payloads) {
+    let values = match message_values(lua, &payloads) {
         Ok(v) => v,
         Err(e) => return fail(lua, e.kind, e.message),
     };
@@ -337,7 +302,7 @@ fn broadcast(
             "topics starting with @ are reserved",
         );
     };
-    let values = match message_values(&payloads) {
+    let values = match message_values(lua, &payloads) {
         Ok(v) => v,
         Err(e) => return fail(lua, e.kind, e.message),
     };
@@ -554,7 +519,7 @@ fn do_spawn(
     }
     let mut values = Vec::with_capacity(args.len());
     for a in args.iter() {
-        match payload_value(a) {
+        match payload_value(lua, a) {
             Ok(v) => values.push(v),
             Err(e) => return fail(lua, e.kind, e.message),
         }
@@ -642,7 +607,7 @@ async fn exec(
     }
     let mut values = Vec::new();
     for a in args.iter() {
-        match payload_value(a) {
+        match payload_value(&lua, a) {
             Ok(v) => values.push(v),
             Err(e) => return fail(&lua, e.kind, e.message),
         }
@@ -709,11 +674,11 @@ impl UserData for Spawner {
         });
         methods.add_method(
             "with_message",
-            |_, this, (topic, payloads): (String, Variadic<mlua::Value>)| {
+            |lua, this, (topic, payloads): (String, Variadic<mlua::Value>)| {
                 let mut s = this.clone();
                 let values = payloads
                     .iter()
-                    .map(payload_value)
+                    .map(|p| payload_value(lua, p))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(mlua::Error::external)?;
                 s.0.messages.push((topic, values));
@@ -905,7 +870,7 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
                 };
                 let values = args
                     .iter()
-                    .map(payload_value)
+                    .map(|a| payload_value(lua, a))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(mlua::Error::external)?;
                 *ctx.upgrade.borrow_mut() = Some((entry, values));

@@ -1,0 +1,424 @@
+//! Received messages as Lua objects: `msg:topic()`, `msg:from()`, `msg:payload()`, and, since a
+//! message with one payload is its own payload view, `msg:data()` and `msg:get_format()`.
+//!
+//! Why raw: these are the hottest calls a process makes (a ping-pong round trip creates two
+//! messages and calls five of their methods). As mlua userdata each method went through mlua's
+//! callback machinery and a typed borrow, about 1,300 instructions; here a method is a C closure
+//! that checks its `self` against the metatable it holds as an upvalue and reads the message in
+//! place.
+//!
+//! Audit:
+//! - The userdata block holds a `Block`: a `live` flag and the `Message`, written once when the
+//!   object is made and dropped once by `__gc`, which clears `live`. Every method refuses a block
+//!   that is not live (a script's own finalizer may still reach a collected message).
+//! - The metatable is hidden (`__metatable`), so no script can call `__gc` itself or swap it.
+//! - Lua may raise (a `longjmp`) only where the frames it skips hold no value with a destructor:
+//!   allocations done while a Rust value is owned go through mlua (protected when mlua thinks a
+//!   memory error possible) or through `lua.exec_raw`, which is a protected call; raw pushes that
+//!   allocate (`lua_pushlstring`) happen only in frames that hold plain borrows.
+//! - Errors are raised at the outermost frame, after every Rust value is dropped.
+#![allow(unsafe_code)]
+
+use crate::lua::convert;
+use crate::process::pid::Message;
+use crate::process::value::Value;
+use mlua::{ffi, Lua};
+use std::ffi::{c_int, c_void};
+use std::mem::ManuallyDrop;
+
+struct Block {
+    live: bool,
+    message: ManuallyDrop<Message>,
+}
+
+// Lua aligns userdata blocks to 8 bytes (`LUAI_MAXALIGN` on this platform).
+const _: () = assert!(std::mem::align_of::<Block>() <= 8);
+
+/// Its address keys the metatable in the Lua registry.
+static METATABLE_KEY: u8 = 0;
+
+fn metatable_key() -> *const c_void {
+    std::ptr::addr_of!(METATABLE_KEY).cast()
+}
+
+type Method = unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int;
+
+const METHODS: [(&std::ffi::CStr, Method); 5] = [
+    (c"topic", topic),
+    (c"from", from),
+    (c"payload", payload),
+    (c"data", data),
+    (c"get_format", get_format),
+];
+
+/// Pushes the message metatable, building it on first use in this state. Protected context.
+unsafe fn push_metatable(state: *mut ffi::lua_State) {
+    ffi::luaL_checkstack(state, 6, std::ptr::null());
+    if ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, metatable_key()) == ffi::LUA_TTABLE {
+        return;
+    }
+    ffi::lua_pop(state, 1);
+    ffi::lua_createtable(state, 0, 4);
+    ffi::lua_createtable(state, 0, METHODS.len() as c_int);
+    for (name, method) in METHODS {
+        ffi::lua_pushvalue(state, -2);
+        ffi::lua_pushcclosure(state, method, 1);
+        ffi::lua_setfield(state, -2, name.as_ptr());
+    }
+    ffi::lua_setfield(state, -2, c"__index".as_ptr());
+    ffi::lua_pushcfunction(state, collect);
+    ffi::lua_setfield(state, -2, c"__gc".as_ptr());
+    ffi::lua_pushboolean(state, 0);
+    ffi::lua_setfield(state, -2, c"__metatable".as_ptr());
+    ffi::lua_pushstring(state, c"Message".as_ptr());
+    ffi::lua_setfield(state, -2, c"__name".as_ptr());
+    ffi::lua_pushvalue(state, -1);
+    ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, metatable_key());
+}
+
+/// `m` as a Lua message object.
+pub fn to_lua(lua: &Lua, m: Message) -> mlua::Result<mlua::Value> {
+    // Moved into the block once the block exists; if Lua fails first (out of memory under a
+    // cap), it is still here and drops normally.
+    let mut slot = Some(m);
+    let slot_ptr: *mut Option<Message> = &mut slot;
+    // SAFETY: `make` owns nothing with a destructor while Lua may raise (it holds a raw
+    // pointer), and it moves the message out of `slot` only after the allocation succeeded.
+    let make = |state: *mut ffi::lua_State| unsafe {
+        let block = ffi::lua_newuserdatauv(state, std::mem::size_of::<Block>(), 0);
+        if let Some(message) = (*slot_ptr).take() {
+            block.cast::<Block>().write(Block {
+                live: true,
+                message: ManuallyDrop::new(message),
+            });
+        }
+        push_metatable(state);
+        ffi::lua_setmetatable(state, -2);
+    };
+    if crate::lua::memory::installed() {
+        // Allocations can fail on this worker: a protected call (mlua's `exec_raw`) catches
+        // the memory error.
+        unsafe { lua.exec_raw::<mlua::Value>((), make) }
+    } else {
+        // Otherwise a failure would be the process running out of memory, which mlua's own
+        // userdata treat the same way: unprotected, as mlua does when it sees no memory limit.
+        lua.exec_raw_lua(|raw| unsafe {
+            let state = raw.state();
+            if ffi::lua_checkstack(state, 8) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            make(state);
+            Ok(raw.pop_value())
+        })
+    }
+}
+
+/// The message behind `v` if it is a message object: forwarding `msg:payload()` sends the
+/// message's one payload.
+pub fn single_payload(lua: &Lua, v: &mlua::Value) -> Option<Value> {
+    let mlua::Value::UserData(_) = v else {
+        return None;
+    };
+    // SAFETY: pushes `v` (2 slots checked), compares its metatable with the registry's without
+    // allocating, reads the block only when the metatable is ours, and restores the stack.
+    lua.exec_raw_lua(|raw| unsafe {
+        let state = raw.state();
+        if ffi::lua_checkstack(state, 4) == 0 {
+            return None;
+        }
+        let height = ffi::lua_gettop(state);
+        raw.push_value(v).ok()?;
+        let block = message_block(state, -1, || {
+            ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, metatable_key());
+        });
+        let found = block.and_then(|b| {
+            let message: &Message = &(*b).message;
+            match message.payloads.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            }
+        });
+        ffi::lua_settop(state, height);
+        found
+    })
+}
+
+/// The live block at `idx` if its metatable is the one `push_reference` pushes.
+unsafe fn message_block(
+    state: *mut ffi::lua_State,
+    idx: c_int,
+    push_reference: impl FnOnce(),
+) -> Option<*const Block> {
+    if ffi::lua_type(state, idx) != ffi::LUA_TUSERDATA {
+        return None;
+    }
+    let idx = ffi::lua_absindex(state, idx);
+    if ffi::lua_getmetatable(state, idx) == 0 {
+        return None;
+    }
+    push_reference();
+    let ours = ffi::lua_rawequal(state, -1, -2) != 0;
+    ffi::lua_pop(state, 2);
+    let block = ffi::lua_touserdata(state, idx).cast::<Block>();
+    (ours && (*block).live).then_some(block as *const Block)
+}
+
+/// `self` of a method call, checked against the metatable in upvalue 1.
+unsafe fn this<'a>(state: *mut ffi::lua_State) -> Option<&'a Message> {
+    // A C function has LUA_MINSTACK (20) free slots; this uses 2.
+    message_block(state, 1, || {
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    })
+    // The block outlives the call: argument 1 keeps it reachable until the method returns.
+    .map(|b| &*std::ptr::addr_of!((*b).message).cast::<Message>())
+}
+
+/// Raises "bad self" for a method called on something that is not a live message.
+unsafe fn bad_self(state: *mut ffi::lua_State, method: &std::ffi::CStr) -> c_int {
+    ffi::lua_pushfstring(
+        state,
+        c"bad argument #1 to '%s' (a received message expected; call it as msg:%s())".as_ptr(),
+        method.as_ptr(),
+        method.as_ptr(),
+    );
+    ffi::lua_error(state)
+}
+
+/// Pushes values made through mlua onto `state` (mlua pushes onto its own current stack, which
+/// may be another thread of the same state), or raises their error. Returns how many it pushed.
+unsafe fn push_made(
+    state: *mut ffi::lua_State,
+    made: impl FnOnce(&Lua) -> mlua::Result<Vec<mlua::Value>>,
+) -> c_int {
+    enum Raise {
+        /// mlua's error value is on top of `state`.
+        Pushed,
+        NoRoom,
+    }
+    let lua = Lua::get_or_init_from_ptr(state);
+    let pushed: Result<c_int, Raise> = lua.exec_raw_lua(|raw| {
+        let (values, failed) = match made(lua) {
+            Ok(values) => (values, false),
+            Err(e) => (vec![mlua::Value::Error(Box::new(e))], true),
+        };
+        let n = values.len() as c_int;
+        let from = raw.state();
+        if ffi::lua_checkstack(from, n + 2) == 0 || ffi::lua_checkstack(state, n) == 0 {
+            return Err(Raise::NoRoom);
+        }
+        let height = ffi::lua_gettop(from);
+        for v in &values {
+            if raw.push_value(v).is_err() {
+                ffi::lua_settop(from, height);
+                return Err(Raise::NoRoom);
+            }
+        }
+        ffi::lua_xmove(from, state, n);
+        if failed {
+            Err(Raise::Pushed)
+        } else {
+            Ok(n)
+        }
+    });
+    // Everything with a destructor is gone by now, so raising skips only plain frames.
+    match pushed {
+        Ok(n) => n,
+        Err(Raise::Pushed) => ffi::lua_error(state),
+        Err(Raise::NoRoom) => {
+            ffi::lua_pushstring(state, c"message: out of stack space".as_ptr());
+            ffi::lua_error(state)
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn topic(state: *mut ffi::lua_State) -> c_int {
+    let Some(m) = this(state) else {
+        return bad_self(state, c"topic");
+    };
+    let t: &str = &m.topic;
+    ffi::lua_pushlstring(state, t.as_ptr().cast(), t.len());
+    1
+}
+
+unsafe extern "C-unwind" fn from(state: *mut ffi::lua_State) -> c_int {
+    let Some(m) = this(state) else {
+        return bad_self(state, c"from");
+    };
+    match &m.from {
+        None => {
+            ffi::lua_pushnil(state);
+            1
+        }
+        Some(pid) => push_made(state, |lua| {
+            Ok(vec![mlua::Value::String(
+                crate::lua::modules::process::pid_string(lua, pid)?,
+            )])
+        }),
+    }
+}
+
+unsafe extern "C-unwind" fn payload(state: *mut ffi::lua_State) -> c_int {
+    let Some(m) = this(state) else {
+        return bad_self(state, c"payload");
+    };
+    match m.payloads.as_slice() {
+        [] => ffi::lua_pushnil(state),
+        [_] => ffi::lua_pushvalue(state, 1),
+        many => {
+            return push_made(state, |lua| {
+                let t = lua.create_table_with_capacity(many.len(), 0)?;
+                for (i, p) in many.iter().enumerate() {
+                    t.raw_set(i + 1, crate::lua::modules::process::Payload(p.clone()))?;
+                }
+                Ok(vec![mlua::Value::Table(t)])
+            })
+        }
+    }
+    1
+}
+
+/// `data, nil` as `Payload:data()` answers: a fresh copy of the first payload.
+unsafe extern "C-unwind" fn data(state: *mut ffi::lua_State) -> c_int {
+    let Some(m) = this(state) else {
+        return bad_self(state, c"data");
+    };
+    match m.payloads.first() {
+        None | Some(Value::Nil) => ffi::lua_pushnil(state),
+        Some(Value::Bool(b)) => ffi::lua_pushboolean(state, *b as c_int),
+        Some(Value::Int(i)) => ffi::lua_pushinteger(state, *i),
+        Some(Value::Float(f)) => ffi::lua_pushnumber(state, *f),
+        Some(other) => {
+            return push_made(state, |lua| {
+                Ok(vec![convert::to_lua(lua, other)?, mlua::Value::Nil])
+            })
+        }
+    }
+    ffi::lua_pushnil(state);
+    2
+}
+
+unsafe extern "C-unwind" fn get_format(state: *mut ffi::lua_State) -> c_int {
+    if this(state).is_none() {
+        return bad_self(state, c"get_format");
+    }
+    ffi::lua_pushstring(state, c"lua".as_ptr());
+    1
+}
+
+/// `__gc`: drops the message once. Only Lua calls it (the metatable is hidden).
+unsafe extern "C-unwind" fn collect(state: *mut ffi::lua_State) -> c_int {
+    let block = ffi::lua_touserdata(state, 1).cast::<Block>();
+    if !block.is_null() && (*block).live {
+        (*block).live = false;
+        ManuallyDrop::drop(&mut (*block).message);
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::value::Table;
+    use std::sync::Arc;
+
+    fn message(payloads: Vec<Value>) -> Message {
+        Message {
+            from: None,
+            topic: Arc::from("greet"),
+            payloads,
+        }
+    }
+
+    fn run(lua: &Lua, m: Message, src: &str) -> mlua::Value {
+        let msg = to_lua(lua, m).unwrap();
+        lua.load(src).call::<mlua::Value>(msg).unwrap()
+    }
+
+    #[test]
+    fn methods_read_the_message() {
+        let lua = Lua::new();
+        let v = run(
+            &lua,
+            message(vec![Value::Int(7)]),
+            "local m = ... local d, err = m:data()
+             return table.concat({type(m), m:topic(), tostring(m:from()), d, tostring(err),
+                 m:get_format(), tostring(rawequal(m:payload(), m))}, ' ')",
+        );
+        assert_eq!(v.to_string().unwrap(), "userdata greet nil 7 nil lua true");
+        let t = Value::Table(Arc::new(Table {
+            array: vec![Value::Str("a".into())],
+            map: vec![],
+        }));
+        let v = run(
+            &lua,
+            message(vec![t, Value::Int(2)]),
+            "local m = ... local p = m:payload()
+             local first = p[1]:data()
+             first[1] = 'changed'
+             return #p .. ' ' .. p[1]:data()[1] .. ' ' .. p[2]:data() .. ' ' .. m:data()[1]",
+        );
+        assert_eq!(v.to_string().unwrap(), "2 a 2 a");
+        let v = run(&lua, message(vec![]), "return tostring((...):payload())");
+        assert_eq!(v.to_string().unwrap(), "nil");
+    }
+
+    #[test]
+    fn a_method_on_anything_else_is_a_clear_error_and_the_metatable_is_hidden() {
+        let lua = Lua::new();
+        let v = run(
+            &lua,
+            message(vec![Value::Int(1)]),
+            "local m = ... local ok, err = pcall(m.topic, {})
+             local ok2, err2 = pcall(m.data)
+             return tostring(ok) .. tostring(ok2) .. ' ' .. err .. ' ' .. tostring(getmetatable(m))",
+        );
+        let s = v.to_string().unwrap();
+        assert!(
+            s.starts_with("falsefalse bad argument #1 to 'topic'"),
+            "{s}"
+        );
+        assert!(s.ends_with(" false"), "{s}");
+    }
+
+    #[test]
+    fn forwarding_finds_the_single_payload_and_collection_drops_the_message() {
+        let lua = Lua::new();
+        let shared = bytes::Bytes::from(vec![b'x'; 100]);
+        let msg = to_lua(&lua, message(vec![Value::Str(shared.clone())])).unwrap();
+        assert_eq!(single_payload(&lua, &msg), Some(Value::Str(shared.clone())));
+        let t = mlua::Value::Table(lua.create_table().unwrap());
+        assert_eq!(single_payload(&lua, &t), None);
+        let two = to_lua(&lua, message(vec![Value::Int(1), Value::Int(2)])).unwrap();
+        assert_eq!(single_payload(&lua, &two), None);
+        drop((msg, two));
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+        // Only the test's handle is left: the message's copy was dropped by `__gc`.
+        assert!(shared.is_unique());
+    }
+
+    #[test]
+    fn a_finalizer_that_outlives_its_message_gets_an_error_not_freed_memory() {
+        let lua = Lua::new();
+        // Lua runs finalizers in the reverse order of their objects' creation: a holder made
+        // before the message is finalized after it, and finds it collected.
+        lua.load(
+            "HOLDER = setmetatable({}, {__gc = function(h) RESULT = {pcall(h.m.topic, h.m)} end})",
+        )
+        .exec()
+        .unwrap();
+        let msg = to_lua(&lua, message(vec![Value::Int(1)])).unwrap();
+        lua.load("HOLDER.m = ... HOLDER = nil")
+            .call::<()>(msg)
+            .unwrap();
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+        let result: mlua::Table = lua.globals().get("RESULT").unwrap();
+        let ok: bool = result.get(1).unwrap();
+        let err: String = result.get(2).unwrap();
+        assert!(
+            !ok && err.contains("bad argument #1 to 'topic'"),
+            "{ok} {err}"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! One resume of a process coroutine straight through `lua_resume`.
+//!
+//! Why raw: mlua's `Thread::resume` and `AsyncThread::poll` reset the stack of the thread they
+//! resume, which would drop the live registers of a frame the preemption hook suspended, so
+//! the runtime used to resume through Lua's own `coroutine.resume`, called from a small Lua
+//! function (`worker::STEP`). That detour (a protected call, a Lua frame and the base library's
+//! resume around every step) was a fifth of the instructions of a message round trip. This is
+//! what `coroutine.resume` does, minus the detour: the coroutine's stack below its yielded
+//! values is never touched.
+//!
+//! Audit: every raw call below works on two stacks, the caller's (`raw.state()`, restored to
+//! its height on every path) and the coroutine's (`co.state()`), and checks space before it
+//! pushes. `lua_resume` runs protected, so no Lua error can unwind through Rust here; a Rust
+//! panic inside the coroutine comes back as mlua's wrapped panic and is resumed by
+//! `pop_value`, as the Lua detour did.
+#![allow(unsafe_code)]
+
+use mlua::{ffi, Lua, MultiValue, Thread, Value};
+
+/// How one resume stopped; `worker::STEP` documents the same four outcomes as codes.
+#[derive(Debug)]
+pub enum Stopped {
+    /// Yielded mlua's pending marker alone: waiting in an async call.
+    Waiting,
+    /// Preempted by the hook, or a bare `coroutine.yield(...)` at the top of the body.
+    Yielded,
+    /// Returned; its first two results.
+    Finished(Value, Value),
+    /// Raised; the error value as `coroutine.resume` would return it.
+    Failed(Value),
+}
+
+/// Resumes `co` once with `args` (pass `None` on every resume but the first).
+pub fn resume(lua: &Lua, co: &Thread, args: Option<MultiValue>) -> mlua::Result<Stopped> {
+    let pending = Lua::poll_pending().0;
+    lua.exec_raw_lua(|raw| unsafe {
+        let caller = raw.state();
+        let thread = co.state();
+        let height = ffi::lua_gettop(caller);
+        let nargs = match args {
+            Some(args) => {
+                let n = args.len() as i32;
+                // `push_value` needs two slots per value; the coroutine needs `n`.
+                if ffi::lua_checkstack(caller, n + 2) == 0 || ffi::lua_checkstack(thread, n) == 0 {
+                    return Err(mlua::Error::StackError);
+                }
+                for v in args.iter() {
+                    if let Err(e) = raw.push_value(v) {
+                        ffi::lua_settop(caller, height);
+                        return Err(e);
+                    }
+                }
+                ffi::lua_xmove(caller, thread, n);
+                n
+            }
+            None => 0,
+        };
+        let mut nresults: std::ffi::c_int = 0;
+        let status = ffi::lua_resume(thread, caller, nargs, &mut nresults);
+        let stopped = match status {
+            ffi::LUA_YIELD => {
+                let waiting = nresults == 1
+                    && ffi::lua_type(thread, -1) == ffi::LUA_TLIGHTUSERDATA
+                    && ffi::lua_touserdata(thread, -1) == pending;
+                // The yielded values are the caller's to take, as `coroutine.resume` takes
+                // them; nothing uses them.
+                ffi::lua_pop(thread, nresults);
+                if waiting {
+                    Stopped::Waiting
+                } else {
+                    Stopped::Yielded
+                }
+            }
+            ffi::LUA_OK => {
+                let kept = nresults.min(2);
+                ffi::lua_settop(thread, ffi::lua_gettop(thread) - nresults + kept);
+                if ffi::lua_checkstack(caller, kept + 1) == 0 {
+                    return Err(mlua::Error::StackError);
+                }
+                ffi::lua_xmove(thread, caller, kept);
+                let second = if kept == 2 {
+                    raw.pop_value()
+                } else {
+                    Value::Nil
+                };
+                let first = if kept >= 1 {
+                    raw.pop_value()
+                } else {
+                    Value::Nil
+                };
+                Stopped::Finished(first, second)
+            }
+            _ => {
+                if ffi::lua_checkstack(caller, 2) == 0 {
+                    return Err(mlua::Error::StackError);
+                }
+                ffi::lua_xmove(thread, caller, 1);
+                Stopped::Failed(raw.pop_value())
+            }
+        };
+        ffi::lua_settop(caller, height);
+        Ok(stopped)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(lua: &Lua, src: &str) -> Thread {
+        lua.create_thread(lua.load(src).eval::<mlua::Function>().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn finishes_with_its_first_two_results_and_takes_arguments_once() {
+        let lua = Lua::new();
+        let co = thread(
+            &lua,
+            "return function(a, b) coroutine.yield() return a + b, 'x', 'y' end",
+        );
+        let args = MultiValue::from_iter([Value::Integer(2), Value::Integer(3)]);
+        assert!(matches!(
+            resume(&lua, &co, Some(args)).unwrap(),
+            Stopped::Yielded
+        ));
+        match resume(&lua, &co, None).unwrap() {
+            Stopped::Finished(Value::Integer(5), Value::String(s)) => assert_eq!(s, "x"),
+            other => panic!("{other:?}"),
+        }
+        // Dead now: an error value, as coroutine.resume gives, not a crash.
+        match resume(&lua, &co, None).unwrap() {
+            Stopped::Failed(Value::String(s)) => {
+                assert!(s.to_str().unwrap().contains("dead"), "{s:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_and_rust_errors_come_back_as_values() {
+        let lua = Lua::new();
+        let co = thread(&lua, "return function() error({code = 7}) end");
+        match resume(&lua, &co, Some(MultiValue::new())).unwrap() {
+            Stopped::Failed(Value::Table(t)) => assert_eq!(t.get::<i64>("code").unwrap(), 7),
+            other => panic!("{other:?}"),
+        }
+        let fails = lua
+            .create_function(|_, ()| Err::<(), _>(mlua::Error::runtime("boom")))
+            .unwrap();
+        let co = lua.create_thread(fails).unwrap();
+        match resume(&lua, &co, Some(MultiValue::new())).unwrap() {
+            Stopped::Failed(Value::Error(e)) => assert!(e.to_string().contains("boom")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pending_marker_alone_is_a_wait_and_the_caller_stack_is_kept() {
+        let lua = Lua::new();
+        let co = thread(
+            &lua,
+            "return function(p) coroutine.yield(p) coroutine.yield(p, 1) return 'done' end",
+        );
+        let pending = Value::LightUserData(Lua::poll_pending());
+        let args = MultiValue::from_iter([pending]);
+        assert!(matches!(
+            resume(&lua, &co, Some(args)).unwrap(),
+            Stopped::Waiting
+        ));
+        assert!(matches!(resume(&lua, &co, None).unwrap(), Stopped::Yielded));
+        assert!(matches!(
+            resume(&lua, &co, None).unwrap(),
+            Stopped::Finished(Value::String(_), Value::Nil)
+        ));
+        let height = lua.exec_raw_lua(|raw| unsafe { ffi::lua_gettop(raw.state()) });
+        assert_eq!(height, 0);
+    }
+
+    #[test]
+    fn a_frame_suspended_by_the_count_hook_keeps_its_registers() {
+        let lua = Lua::new();
+        let co = thread(
+            &lua,
+            "return function() local s = 0 for i = 1, 100000 do s = s + i end return s end",
+        );
+        co.set_hook(
+            mlua::HookTriggers::new().every_nth_instruction(1000),
+            |_, _| Ok(mlua::VmState::Yield),
+        )
+        .unwrap();
+        let mut stopped = resume(&lua, &co, Some(MultiValue::new())).unwrap();
+        let mut yields = 0;
+        while let Stopped::Yielded = stopped {
+            yields += 1;
+            stopped = resume(&lua, &co, None).unwrap();
+        }
+        assert!(yields > 10, "{yields}");
+        match stopped {
+            Stopped::Finished(Value::Integer(s), _) => assert_eq!(s, 5_000_050_000),
+            other => panic!("{other:?}"),
+        }
+    }
+}
