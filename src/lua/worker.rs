@@ -15,8 +15,8 @@ pub const TIME_SLICE: Duration = Duration::from_millis(5);
 /// such as a `table.sort` comparator, or in a script's own coroutine) before it is stopped
 /// with an error. Bounds how long such a loop can hold its worker.
 ///
-/// Yielding from the hook is safe because every process body is resumed by Lua's own
-/// `coroutine.resume` (see `STEP`): mlua's `AsyncThread::poll` resets the stack top of the
+/// Yielding from the hook is safe because every process body is resumed with `lua_resume`
+/// directly (`resume.rs`) or by Lua's own `coroutine.resume` (see `STEP`): mlua's `AsyncThread::poll` resets the stack top of the
 /// coroutine it resumes, which would drop the live registers of a frame suspended by a hook,
 /// but it only ever sees the step, never the hooked coroutine.
 pub const RUN_BUDGET: Duration = Duration::from_millis(500);
@@ -71,7 +71,8 @@ thread_local! {
 /// drop the live registers of a frame the preemption hook suspended; Lua's own
 /// `coroutine.resume` keeps them. Running this step on a short-lived thread per poll (see
 /// `WorkerLua::run_step`) instead of a driver coroutine per process saves that coroutine's
-/// memory (~0.8 KB of every idle process) and allocates no tables per resume.
+/// memory (~0.8 KB of every idle process) and allocates no tables per resume. Only the async
+/// path (`run_step`) still runs this; the direct path does the same in Rust (`resume.rs`).
 const STEP: &str = r##"
 local coroutine, PENDING = ...
 local resume, status, select = coroutine.resume, coroutine.status, select
