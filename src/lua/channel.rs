@@ -384,7 +384,7 @@ struct ReceiveFn;
 
 impl mlua::IntoLua for ReceiveFn {
     fn into_lua(self, lua: &Lua) -> mlua::Result<mlua::Value> {
-        let try_fn = lua.create_function(try_receive)?;
+        let try_fn = crate::lua::fast_receive::create(lua, lua.create_function(try_receive)?)?;
         let slow = lua.create_async_function(|lua, ud: AnyUserData| async move {
             let core = ud.borrow::<Channel>()?.0.clone();
             match core.receive().await {
@@ -396,18 +396,36 @@ impl mlua::IntoLua for ReceiveFn {
     }
 }
 
-fn try_receive(lua: &Lua, ch: UserDataRef<Channel>) -> mlua::Result<(i64, mlua::Value, bool)> {
-    let core = &ch.0;
+/// What one receive try found.
+pub(crate) enum Tried {
+    Item(Item),
+    Closed,
+    /// Nothing yet; the polling task's waker is registered.
+    Wait,
+    /// Take the async path (no process poll to wake, or a rendezvous receiver).
+    Slow,
+}
+
+pub(crate) fn try_receive_from(core: &ChanCore) -> Tried {
     // A rendezvous receiver must be counted while it waits (see `Parked`): async path.
     if core.capacity == Some(0) {
-        return Ok((wait::SLOW, mlua::Value::Nil, false));
+        return Tried::Slow;
     }
     match core.try_take() {
-        Some(Some(item)) => Ok((wait::TWO, item_to_lua(lua, item)?, true)),
-        Some(None) => Ok((wait::TWO, mlua::Value::Nil, false)),
-        None if wait::arm(|w| core.register(w)) => Ok((wait::WAIT, mlua::Value::Nil, false)),
-        None => Ok((wait::SLOW, mlua::Value::Nil, false)),
+        Some(Some(item)) => Tried::Item(item),
+        Some(None) => Tried::Closed,
+        None if wait::arm(|w| core.register(w)) => Tried::Wait,
+        None => Tried::Slow,
     }
+}
+
+fn try_receive(lua: &Lua, ch: UserDataRef<Channel>) -> mlua::Result<(i64, mlua::Value, bool)> {
+    Ok(match try_receive_from(&ch.0) {
+        Tried::Item(item) => (wait::TWO, item_to_lua(lua, item)?, true),
+        Tried::Closed => (wait::TWO, mlua::Value::Nil, false),
+        Tried::Wait => (wait::WAIT, mlua::Value::Nil, false),
+        Tried::Slow => (wait::SLOW, mlua::Value::Nil, false),
+    })
 }
 
 /// One case of a `channel.select`: the channel object (for `result.channel`), its core, and

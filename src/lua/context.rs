@@ -270,6 +270,9 @@ impl Drop for ProcCtx {
         };
         for slot in [&self.inbox_ud, &self.events_ud] {
             if let Some(key) = slot.borrow_mut().take() {
+                if let Ok(ud) = w.lua.registry_value::<mlua::AnyUserData>(&key) {
+                    crate::lua::fast_receive::remove(&ud);
+                }
                 let _ = w.lua.remove_registry_value(key);
             }
         }

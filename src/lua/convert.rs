@@ -94,11 +94,15 @@ struct LastReceived(Bytes, mlua::String);
 
 /// A Lua string's bytes as an owned `Bytes` (copy-once for a repeated long string).
 fn string_bytes(s: &mlua::String) -> Bytes {
-    let b = s.as_bytes();
+    string_bytes_at(&s.as_bytes(), s.to_pointer() as usize)
+}
+
+/// The bytes of the Lua string at `addr` (its `lua_topointer`) as an owned `Bytes`; the same
+/// long string sent again shares the copy made the first time.
+pub fn string_bytes_at(b: &[u8], addr: usize) -> Bytes {
     if b.len() < SHARE_MIN {
-        return Bytes::copy_from_slice(&b);
+        return Bytes::copy_from_slice(b);
     }
-    let addr = s.to_pointer() as usize;
     LAST_SENT.with(|c| {
         let mut c = c.borrow_mut();
         if let Some((a, bytes)) = c.as_ref() {
@@ -106,7 +110,7 @@ fn string_bytes(s: &mlua::String) -> Bytes {
                 return bytes.clone();
             }
         }
-        let bytes = Bytes::copy_from_slice(&b);
+        let bytes = Bytes::copy_from_slice(b);
         *c = Some((addr, bytes.clone()));
         bytes
     })

@@ -76,29 +76,30 @@ unsafe fn push_metatable(state: *mut ffi::lua_State) {
     ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, metatable_key());
 }
 
+/// Pushes a new message object onto `state`, moving the message out of `slot` once its block
+/// exists. The caller holds nothing with a destructor but `slot`'s target, which stays where it
+/// is if Lua raises before the move (out of memory), so that it drops normally.
+unsafe fn make(state: *mut ffi::lua_State, slot: *mut Option<Message>) {
+    let block = ffi::lua_newuserdatauv(state, std::mem::size_of::<Block>(), 0);
+    if let Some(message) = (*slot).take() {
+        block.cast::<Block>().write(Block {
+            live: true,
+            message: ManuallyDrop::new(message),
+        });
+    }
+    push_metatable(state);
+    ffi::lua_setmetatable(state, -2);
+}
+
 /// `m` as a Lua message object.
 pub fn to_lua(lua: &Lua, m: Message) -> mlua::Result<mlua::Value> {
-    // Moved into the block once the block exists; if Lua fails first (out of memory under a
-    // cap), it is still here and drops normally.
     let mut slot = Some(m);
     let slot_ptr: *mut Option<Message> = &mut slot;
-    // SAFETY: `make` owns nothing with a destructor while Lua may raise (it holds a raw
-    // pointer), and it moves the message out of `slot` only after the allocation succeeded.
-    let make = |state: *mut ffi::lua_State| unsafe {
-        let block = ffi::lua_newuserdatauv(state, std::mem::size_of::<Block>(), 0);
-        if let Some(message) = (*slot_ptr).take() {
-            block.cast::<Block>().write(Block {
-                live: true,
-                message: ManuallyDrop::new(message),
-            });
-        }
-        push_metatable(state);
-        ffi::lua_setmetatable(state, -2);
-    };
     if crate::lua::memory::installed() {
         // Allocations can fail on this worker: a protected call (mlua's `exec_raw`) catches
         // the memory error.
-        unsafe { lua.exec_raw::<mlua::Value>((), make) }
+        // SAFETY: `make`'s contract; the closure holds only the raw pointer.
+        unsafe { lua.exec_raw::<mlua::Value>((), |state| make(state, slot_ptr)) }
     } else {
         // Otherwise a failure would be the process running out of memory, which mlua's own
         // userdata treat the same way: unprotected, as mlua does when it sees no memory limit.
@@ -107,10 +108,24 @@ pub fn to_lua(lua: &Lua, m: Message) -> mlua::Result<mlua::Value> {
             if ffi::lua_checkstack(state, 8) == 0 {
                 return Err(mlua::Error::StackError);
             }
-            make(state);
+            make(state, slot_ptr);
             Ok(raw.pop_value())
         })
     }
+}
+
+/// Pushes `m` as a message object onto the stack of a running C function, without going
+/// through mlua; `Err(m)` hands it back when this worker has memory caps (then only a
+/// protected call may allocate it: use `to_lua`).
+pub(crate) unsafe fn push(state: *mut ffi::lua_State, m: Message) -> Result<(), Message> {
+    if crate::lua::memory::installed() {
+        return Err(m);
+    }
+    let mut slot = Some(m);
+    // A C function has LUA_MINSTACK (20) free slots; `make` uses at most 8 when it builds the
+    // metatable, 3 after that.
+    make(state, &mut slot);
+    Ok(())
 }
 
 /// The message behind `v` if it is a message object: forwarding `msg:payload()` sends the
@@ -186,7 +201,8 @@ unsafe fn bad_self(state: *mut ffi::lua_State, method: &std::ffi::CStr) -> c_int
 
 /// Pushes values made through mlua onto `state` (mlua pushes onto its own current stack, which
 /// may be another thread of the same state), or raises their error. Returns how many it pushed.
-unsafe fn push_made(
+/// For C functions only: it may raise, so the caller must hold nothing with a destructor.
+pub(crate) unsafe fn push_made(
     state: *mut ffi::lua_State,
     made: impl FnOnce(&Lua) -> mlua::Result<Vec<mlua::Value>>,
 ) -> c_int {

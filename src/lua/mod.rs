@@ -7,6 +7,8 @@ pub mod context;
 pub mod convert;
 pub mod coroutine;
 pub mod errors;
+pub mod fast_receive;
+pub mod fast_send;
 pub mod function;
 pub mod memory;
 pub mod message;

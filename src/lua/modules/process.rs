@@ -255,6 +255,23 @@ fn message_values(
     payloads.iter().map(|p| payload_value(lua, p)).collect()
 }
 
+/// A send whose arguments are already owned, as the fast path (`lua/fast_send.rs`) makes
+/// them: delivers and returns `true` when every check passes; `false` (nothing done) when
+/// `send` itself must answer, with its error.
+pub(crate) fn send_checked(ctx: &ProcCtx, dest: &str, topic: &str, values: Vec<Value>) -> bool {
+    if topic.starts_with('@') {
+        return false;
+    }
+    let Ok((pid, target)) = resolve_entry(ctx, dest) else {
+        return false;
+    };
+    if !send_allowed(ctx, &pid, &mut None) {
+        return false;
+    }
+    deliver(ctx, target, topic_arc(topic), values);
+    true
+}
+
 fn send(
     lua: &Lua,
     (dest, topic, payloads): (mlua::Value, mlua::Value, Variadic<mlua::Value>),
@@ -658,6 +675,8 @@ fn cached_channel(
     }
     let ud = lua.create_userdata(Channel(core.clone()))?;
     *slot.borrow_mut() = Some(lua.create_registry_value(ud.clone())?);
+    // Kept alive by the registry key until `ProcCtx::drop` removes both.
+    crate::lua::fast_receive::enter(&ud, core);
     Ok(ud)
 }
 
@@ -709,7 +728,10 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
         "id",
         lua.create_function(|_, ()| Ok(context::require_current()?.code.entry.to_string()))?,
     )?;
-    p.set("send", lua.create_function(send)?)?;
+    p.set(
+        "send",
+        crate::lua::fast_send::create(lua, lua.create_function(send)?)?,
+    )?;
     p.set("broadcast", lua.create_function(broadcast)?)?;
     for (name, mode) in SPAWN_VARIANTS {
         p.set(

@@ -1,0 +1,136 @@
+//! `process.send` for its common case, read straight off the Lua stack: a string destination, a
+//! string topic and payloads that are nil, booleans, numbers or strings. Everything else (a
+//! table payload, a pid that is not a string, any check that fails) is answered by the mlua
+//! binding (`modules::process::send`), which this closure holds as upvalue 1 and calls with
+//! the same arguments; every check is free of side effects, so the binding answers exactly as
+//! if it had been called directly.
+//!
+//! Why: `process.send` is half the mlua callbacks of a message round trip, and mlua's
+//! callback frame plus its argument references cost more than the send itself.
+//!
+//! Audit: the fast path calls only Lua functions that cannot raise or allocate (`lua_type`,
+//! `lua_tolstring` on values that are strings already, `lua_toboolean`, `lua_tointegerx`,
+//! `lua_tonumberx`, `lua_topointer`), so no `longjmp` can skip its Rust values; it reads
+//! strings in place only while they are arguments on this call's stack. A panic is caught and
+//! raised as a Lua error once every Rust value is dropped. The fallback's `lua_call` runs after
+//! the fast path has dropped everything it made.
+#![allow(unsafe_code)]
+
+use crate::lua::context;
+use crate::lua::convert::string_bytes_at;
+use crate::process::value::Value;
+use mlua::{ffi, Function, Lua};
+use std::ffi::c_int;
+
+/// The `process.send` function: the fast path in front of `full` (the mlua binding).
+pub fn create(lua: &Lua, full: Function) -> mlua::Result<Function> {
+    // SAFETY: a protected call (`exec_raw`) that pushes `full` and wraps it in a C closure.
+    unsafe {
+        lua.exec_raw::<Function>(full, |state| {
+            ffi::lua_pushcclosure(state, send, 1);
+        })
+    }
+}
+
+enum Fast {
+    Sent,
+    /// The mlua binding answers: an unusual argument, or a check that failed.
+    Full,
+    Panicked,
+}
+
+unsafe extern "C-unwind" fn send(state: *mut ffi::lua_State) -> c_int {
+    let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_send(state)))
+        .unwrap_or(Fast::Panicked);
+    match fast {
+        Fast::Sent => {
+            ffi::lua_pushboolean(state, 1);
+            ffi::lua_pushnil(state);
+            2
+        }
+        Fast::Full => {
+            let nargs = ffi::lua_gettop(state);
+            ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+            ffi::lua_rotate(state, 1, 1);
+            ffi::lua_call(state, nargs, ffi::LUA_MULTRET);
+            ffi::lua_gettop(state)
+        }
+        Fast::Panicked => {
+            ffi::lua_pushstring(state, c"internal error: process.send panicked".as_ptr());
+            ffi::lua_error(state)
+        }
+    }
+}
+
+/// The UTF-8 string argument at `idx`, borrowed from the stack.
+unsafe fn str_arg<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
+    let bytes = bytes_arg(state, idx)?;
+    std::str::from_utf8(bytes).ok()
+}
+
+unsafe fn bytes_arg<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
+    if ffi::lua_type(state, idx) != ffi::LUA_TSTRING {
+        return None;
+    }
+    let mut len = 0usize;
+    let ptr = ffi::lua_tolstring(state, idx, &mut len);
+    Some(std::slice::from_raw_parts(ptr.cast::<u8>(), len))
+}
+
+unsafe fn try_send(state: *mut ffi::lua_State) -> Fast {
+    let nargs = ffi::lua_gettop(state);
+    let (Some(dest), Some(topic)) = (str_arg(state, 1), str_arg(state, 2)) else {
+        return Fast::Full;
+    };
+    let mut values = Vec::with_capacity(nargs.saturating_sub(2) as usize);
+    for idx in 3..=nargs {
+        values.push(match ffi::lua_type(state, idx) {
+            ffi::LUA_TNIL => Value::Nil,
+            ffi::LUA_TBOOLEAN => Value::Bool(ffi::lua_toboolean(state, idx) != 0),
+            ffi::LUA_TNUMBER if ffi::lua_isinteger(state, idx) != 0 => {
+                Value::Int(ffi::lua_tointegerx(state, idx, std::ptr::null_mut()))
+            }
+            ffi::LUA_TNUMBER => Value::Float(ffi::lua_tonumberx(state, idx, std::ptr::null_mut())),
+            ffi::LUA_TSTRING => match bytes_arg(state, idx) {
+                Some(b) => Value::Str(string_bytes_at(b, ffi::lua_topointer(state, idx) as usize)),
+                None => return Fast::Full,
+            },
+            _ => return Fast::Full,
+        });
+    }
+    let Some(ctx) = context::current() else {
+        return Fast::Full;
+    };
+    if crate::lua::modules::process::send_checked(&ctx, dest, topic, values) {
+        Fast::Sent
+    } else {
+        Fast::Full
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anything_off_the_fast_path_reaches_the_full_binding_with_its_arguments() {
+        let lua = Lua::new();
+        let full = lua
+            .create_function(|_, args: mlua::Variadic<mlua::Value>| {
+                Ok(format!("full {}", args.len()))
+            })
+            .unwrap();
+        lua.globals()
+            .set("send", create(&lua, full).unwrap())
+            .unwrap();
+        // Outside a process every call falls back; so do tables, numbers as pids, and nothing.
+        let r: String = lua
+            .load(
+                "return table.concat({send('{a|1}', 't', 1, 'x', true, nil), send({}, 't'),
+                     send(12, 't', {}), send()}, ' ')",
+            )
+            .eval()
+            .unwrap();
+        assert_eq!(r, "full 6 full 2 full 3 full 0");
+    }
+}
