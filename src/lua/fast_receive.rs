@@ -15,12 +15,13 @@
 //!   (A context dropped after its worker's Lua state is gone skips that; no Lua runs on that
 //!   thread again to consult the table.)
 //! - The fast path calls no Lua function that can raise until every Rust value it made is
-//!   dropped or handed to `message::push_made`, which raises only after dropping its own, or
+//!   dropped or handed to `c_function::push_made`, which raises only after dropping its own, or
 //!   to `message::push`, which allocates unprotected only where mlua would too (no memory
 //!   caps on the worker).
 //! - A panic is caught and raised as a Lua error.
 #![allow(unsafe_code)]
 
+use crate::lua::c_function::{call_upvalue, push_made};
 use crate::lua::channel::{item_to_lua, try_receive_from, ChanCore, Tried};
 use crate::lua::wait;
 use crate::process::table::IdHasher;
@@ -73,11 +74,7 @@ unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {
         None
     };
     let Some(core) = core else {
-        let nargs = ffi::lua_gettop(state);
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-        ffi::lua_rotate(state, 1, 1);
-        ffi::lua_call(state, nargs, ffi::LUA_MULTRET);
-        return ffi::lua_gettop(state);
+        return call_upvalue(state);
     };
     let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_receive_from(&core)));
     drop(core);
@@ -92,7 +89,7 @@ unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {
                 }
                 Err(m) => {
                     ffi::lua_pop(state, 1);
-                    return crate::lua::message::push_made(state, move |lua| {
+                    return push_made(state, move |lua| {
                         Ok(vec![
                             mlua::Value::Integer(wait::TWO),
                             crate::lua::message::to_lua(lua, m)?,
@@ -103,7 +100,7 @@ unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {
             }
         }
         Ok(Tried::Item(item)) => {
-            return crate::lua::message::push_made(state, move |lua| {
+            return push_made(state, move |lua| {
                 Ok(vec![
                     mlua::Value::Integer(wait::TWO),
                     item_to_lua(lua, item)?,

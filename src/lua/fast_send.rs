@@ -48,13 +48,7 @@ unsafe extern "C-unwind" fn send(state: *mut ffi::lua_State) -> c_int {
             ffi::lua_pushnil(state);
             2
         }
-        Fast::Full => {
-            let nargs = ffi::lua_gettop(state);
-            ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-            ffi::lua_rotate(state, 1, 1);
-            ffi::lua_call(state, nargs, ffi::LUA_MULTRET);
-            ffi::lua_gettop(state)
-        }
+        Fast::Full => crate::lua::c_function::call_upvalue(state),
         Fast::Panicked => {
             ffi::lua_pushstring(state, c"internal error: process.send panicked".as_ptr());
             ffi::lua_error(state)

@@ -19,6 +19,7 @@
 //! - Errors are raised at the outermost frame, after every Rust value is dropped.
 #![allow(unsafe_code)]
 
+use crate::lua::c_function::push_made;
 use crate::lua::convert;
 use crate::process::pid::Message;
 use crate::process::value::Value;
@@ -197,54 +198,6 @@ unsafe fn bad_self(state: *mut ffi::lua_State, method: &std::ffi::CStr) -> c_int
         method.as_ptr(),
     );
     ffi::lua_error(state)
-}
-
-/// Pushes values made through mlua onto `state` (mlua pushes onto its own current stack, which
-/// may be another thread of the same state), or raises their error. Returns how many it pushed.
-/// For C functions only: it may raise, so the caller must hold nothing with a destructor.
-pub(crate) unsafe fn push_made(
-    state: *mut ffi::lua_State,
-    made: impl FnOnce(&Lua) -> mlua::Result<Vec<mlua::Value>>,
-) -> c_int {
-    enum Raise {
-        /// mlua's error value is on top of `state`.
-        Pushed,
-        NoRoom,
-    }
-    let lua = Lua::get_or_init_from_ptr(state);
-    let pushed: Result<c_int, Raise> = lua.exec_raw_lua(|raw| {
-        let (values, failed) = match made(lua) {
-            Ok(values) => (values, false),
-            Err(e) => (vec![mlua::Value::Error(Box::new(e))], true),
-        };
-        let n = values.len() as c_int;
-        let from = raw.state();
-        if ffi::lua_checkstack(from, n + 2) == 0 || ffi::lua_checkstack(state, n) == 0 {
-            return Err(Raise::NoRoom);
-        }
-        let height = ffi::lua_gettop(from);
-        for v in &values {
-            if raw.push_value(v).is_err() {
-                ffi::lua_settop(from, height);
-                return Err(Raise::NoRoom);
-            }
-        }
-        ffi::lua_xmove(from, state, n);
-        if failed {
-            Err(Raise::Pushed)
-        } else {
-            Ok(n)
-        }
-    });
-    // Everything with a destructor is gone by now, so raising skips only plain frames.
-    match pushed {
-        Ok(n) => n,
-        Err(Raise::Pushed) => ffi::lua_error(state),
-        Err(Raise::NoRoom) => {
-            ffi::lua_pushstring(state, c"message: out of stack space".as_ptr());
-            ffi::lua_error(state)
-        }
-    }
 }
 
 unsafe extern "C-unwind" fn topic(state: *mut ffi::lua_State) -> c_int {

@@ -1,6 +1,7 @@
 //! The only user of mlua: sandboxed per-worker Lua states, compiled-code cache, value copy,
 //! the process runner and the function (HTTP handler) runner, and the require-able modules.
 
+pub mod c_function;
 pub mod channel;
 pub mod compile;
 pub mod context;

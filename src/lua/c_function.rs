@@ -1,0 +1,75 @@
+//! Helpers for the C functions of `message.rs`, `fast_send.rs` and `fast_receive.rs`: getting
+//! values made through mlua onto a C function's stack, and handing a call to the mlua binding a
+//! fast path fronts.
+//!
+//! Audit: both may raise a Lua error (`longjmp`), so their callers must hold nothing with a
+//! destructor when they call them; `push_made` drops what it made before it raises.
+#![allow(unsafe_code)]
+
+use mlua::{ffi, Lua};
+use std::ffi::c_int;
+
+/// Pushes values made through mlua onto `state` (mlua pushes onto its own current stack, which
+/// may be another thread of the same state), or raises their error. Returns how many it pushed.
+///
+/// # Safety
+/// `state` is the stack of a C function Lua is running now, and the caller holds nothing
+/// with a destructor: this may raise.
+pub unsafe fn push_made(
+    state: *mut ffi::lua_State,
+    made: impl FnOnce(&Lua) -> mlua::Result<Vec<mlua::Value>>,
+) -> c_int {
+    enum Raise {
+        /// mlua's error value is on top of `state`.
+        Pushed,
+        NoRoom,
+    }
+    let lua = Lua::get_or_init_from_ptr(state);
+    let pushed: Result<c_int, Raise> = lua.exec_raw_lua(|raw| {
+        let (values, failed) = match made(lua) {
+            Ok(values) => (values, false),
+            Err(e) => (vec![mlua::Value::Error(Box::new(e))], true),
+        };
+        let n = values.len() as c_int;
+        let from = raw.state();
+        if ffi::lua_checkstack(from, n + 2) == 0 || ffi::lua_checkstack(state, n) == 0 {
+            return Err(Raise::NoRoom);
+        }
+        let height = ffi::lua_gettop(from);
+        for v in &values {
+            if raw.push_value(v).is_err() {
+                ffi::lua_settop(from, height);
+                return Err(Raise::NoRoom);
+            }
+        }
+        ffi::lua_xmove(from, state, n);
+        if failed {
+            Err(Raise::Pushed)
+        } else {
+            Ok(n)
+        }
+    });
+    // Everything with a destructor is gone by now, so raising skips only plain frames.
+    match pushed {
+        Ok(n) => n,
+        Err(Raise::Pushed) => ffi::lua_error(state),
+        Err(Raise::NoRoom) => {
+            ffi::lua_pushstring(state, c"message: out of stack space".as_ptr());
+            ffi::lua_error(state)
+        }
+    }
+}
+
+/// Calls the function in upvalue 1 with this call's arguments and returns all its results: a
+/// fast path handing a call to the mlua binding it fronts. Errors propagate as Lua errors.
+///
+/// # Safety
+/// `state` is the stack of a running C closure whose upvalue 1 is a function, and the caller
+/// holds nothing with a destructor: the callee may raise.
+pub unsafe fn call_upvalue(state: *mut ffi::lua_State) -> c_int {
+    let nargs = ffi::lua_gettop(state);
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    ffi::lua_rotate(state, 1, 1);
+    ffi::lua_call(state, nargs, ffi::LUA_MULTRET);
+    ffi::lua_gettop(state)
+}
