@@ -1,12 +1,12 @@
 //! Helpers for the C functions of `message.rs`, `fast_send.rs` and `fast_receive.rs`: getting
-//! values made through mlua onto a C function's stack, and handing a call to the mlua binding a
-//! fast path fronts.
+//! values made through mlua onto a C function's stack, and a fast path in front of an mlua
+//! binding (`fronting`, `call_upvalue`).
 //!
 //! Audit: both may raise a Lua error (`longjmp`), so their callers must hold nothing with a
 //! destructor when they call them; `push_made` drops what it made before it raises.
 #![allow(unsafe_code)]
 
-use mlua::{ffi, Lua};
+use mlua::{ffi, Function, Lua};
 use std::ffi::c_int;
 
 /// Pushes values made through mlua onto `state` (mlua pushes onto its own current stack, which
@@ -54,9 +54,20 @@ pub unsafe fn push_made(
         Ok(n) => n,
         Err(Raise::Pushed) => ffi::lua_error(state),
         Err(Raise::NoRoom) => {
-            ffi::lua_pushstring(state, c"message: out of stack space".as_ptr());
+            ffi::lua_pushstring(state, c"out of Lua stack space".as_ptr());
             ffi::lua_error(state)
         }
+    }
+}
+
+/// `fast` as a Lua function holding `full` (the mlua binding it fronts) as upvalue 1, for
+/// `call_upvalue`.
+pub fn fronting(lua: &Lua, full: Function, fast: ffi::lua_CFunction) -> mlua::Result<Function> {
+    // SAFETY: a protected call (`exec_raw`) that pushes `full` and wraps it in a C closure.
+    unsafe {
+        lua.exec_raw::<Function>(full, |state| {
+            ffi::lua_pushcclosure(state, fast, 1);
+        })
     }
 }
 

@@ -38,10 +38,9 @@ pub struct ProcCtx {
     /// Created on first use (see `inbox()` / `events()`): many processes never get an event.
     inbox: std::cell::OnceCell<Rc<ChanCore>>,
     events: std::cell::OnceCell<Rc<ChanCore>>,
-    /// The channel objects `process.inbox()` / `events()` hand out, in the Lua registry (see
-    /// `LuaTask::body` for why not as mlua references).
-    pub inbox_ud: RefCell<Option<mlua::RegistryKey>>,
-    pub events_ud: RefCell<Option<mlua::RegistryKey>>,
+    /// The channel objects `process.inbox()` / `events()` hand out.
+    pub inbox_ud: RefCell<Option<ChannelObject>>,
+    pub events_ud: RefCell<Option<ChannelObject>>,
     pub listeners: RefCell<Vec<Listener>>,
     pub options: Cell<ProcOptions>,
     tasks: RefCell<Vec<tokio::task::AbortHandle>>,
@@ -260,21 +259,29 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<ProcCtx>>> = const { RefCell::new(None) };
 }
 
+/// A channel object a process handed out: kept in the Lua registry (see `LuaTask::body` for
+/// why not as an mlua reference) and, while kept, entered by its address in the fast receive
+/// table (`fast_receive.rs`).
+pub struct ChannelObject {
+    pub key: mlua::RegistryKey,
+    pub addr: usize,
+}
+
 impl Drop for ProcCtx {
     /// Releases the process's registry slots now: a dropped `RegistryKey` alone keeps its
     /// value alive until mlua reuses the slot, which a burst of exits would turn into memory
     /// held for nothing. Keys its tasks and channels dropped earlier are released with them.
     fn drop(&mut self) {
+        let objects = [self.inbox_ud.take(), self.events_ud.take()];
+        // Out of the fast table first: an address there must never outlive its registry key.
+        for object in objects.iter().flatten() {
+            crate::lua::fast_receive::remove(object.addr);
+        }
         let Some(w) = crate::lua::worker::try_worker_lua() else {
             return;
         };
-        for slot in [&self.inbox_ud, &self.events_ud] {
-            if let Some(key) = slot.borrow_mut().take() {
-                if let Ok(ud) = w.lua.registry_value::<mlua::AnyUserData>(&key) {
-                    crate::lua::fast_receive::remove(&ud);
-                }
-                let _ = w.lua.remove_registry_value(key);
-            }
+        for object in objects.into_iter().flatten() {
+            let _ = w.lua.remove_registry_value(object.key);
         }
         w.lua.expire_registry_values();
     }

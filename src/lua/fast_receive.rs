@@ -12,8 +12,6 @@
 //! - An entry exists only while its userdata is alive: the process context holds the userdata
 //!   in the Lua registry and removes the entry before it releases that key
 //!   (`impl Drop for ProcCtx`), so an address in the table is never a freed or reused block.
-//!   (A context dropped after its worker's Lua state is gone skips that; no Lua runs on that
-//!   thread again to consult the table.)
 //! - The fast path calls no Lua function that can raise until every Rust value it made is
 //!   dropped or handed to `c_function::push_made`, which raises only after dropping its own, or
 //!   to `message::push`, which allocates unprotected only where mlua would too (no memory
@@ -22,7 +20,7 @@
 #![allow(unsafe_code)]
 
 use crate::lua::c_function::{call_upvalue, push_made};
-use crate::lua::channel::{item_to_lua, try_receive_from, ChanCore, Tried};
+use crate::lua::channel::{item_to_lua, try_receive_from, ChanCore, Item, Tried};
 use crate::lua::wait;
 use crate::process::table::IdHasher;
 use mlua::{ffi, AnyUserData, Function, Lua};
@@ -38,16 +36,17 @@ thread_local! {
     static FAST: RefCell<Fast> = RefCell::new(Fast::default());
 }
 
-/// Enters `ud` (a channel userdata holding `core`) in the fast table.
-pub fn enter(ud: &AnyUserData, core: &Rc<ChanCore>) {
-    let key = ud.to_pointer() as usize;
-    FAST.with(|f| f.borrow_mut().insert(key, core.clone()));
+/// Enters `ud` (a channel userdata holding `core`) in the fast table; returns its address,
+/// the key for `remove`.
+pub fn enter(ud: &AnyUserData, core: &Rc<ChanCore>) -> usize {
+    let addr = ud.to_pointer() as usize;
+    FAST.with(|f| f.borrow_mut().insert(addr, core.clone()));
+    addr
 }
 
-/// Removes `ud` from the fast table; call before the last reference to it is released.
-pub fn remove(ud: &AnyUserData) {
-    let key = ud.to_pointer() as usize;
-    let _ = FAST.try_with(|f| f.borrow_mut().remove(&key));
+/// Removes the channel entered at `addr`; call before the last reference to it is released.
+pub fn remove(addr: usize) {
+    let _ = FAST.try_with(|f| f.borrow_mut().remove(&addr));
 }
 
 /// How many channels this worker's fast table holds.
@@ -58,12 +57,7 @@ pub fn entered() -> usize {
 
 /// The try function: the fast path in front of `full` (the mlua try).
 pub fn create(lua: &Lua, full: Function) -> mlua::Result<Function> {
-    // SAFETY: a protected call (`exec_raw`) that pushes `full` and wraps it in a C closure.
-    unsafe {
-        lua.exec_raw::<Function>(full, |state| {
-            ffi::lua_pushcclosure(state, try_receive, 1);
-        })
-    }
+    crate::lua::c_function::fronting(lua, full, try_receive)
 }
 
 unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {
@@ -79,34 +73,28 @@ unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {
     let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_receive_from(&core)));
     drop(core);
     let (status, open) = match tried {
-        Ok(Tried::Item(crate::lua::channel::Item::Message(m))) => {
-            // The common case, straight onto the stack (no mlua value in between).
-            ffi::lua_pushinteger(state, wait::TWO);
-            match crate::lua::message::push(state, m) {
-                Ok(()) => {
-                    ffi::lua_pushboolean(state, 1);
-                    return 3;
-                }
-                Err(m) => {
-                    ffi::lua_pop(state, 1);
-                    return push_made(state, move |lua| {
-                        Ok(vec![
-                            mlua::Value::Integer(wait::TWO),
-                            crate::lua::message::to_lua(lua, m)?,
-                            mlua::Value::Boolean(true),
-                        ])
-                    });
-                }
-            }
-        }
         Ok(Tried::Item(item)) => {
+            ffi::lua_pushinteger(state, wait::TWO);
+            // The common case, straight onto the stack (no mlua value in between); with memory
+            // caps on this worker the message comes back, to be made protected below.
+            let item = match item {
+                Item::Message(m) => match crate::lua::message::push(state, m) {
+                    Ok(()) => {
+                        ffi::lua_pushboolean(state, 1);
+                        return 3;
+                    }
+                    Err(m) => Item::Message(m),
+                },
+                other => other,
+            };
+            ffi::lua_pop(state, 1);
             return push_made(state, move |lua| {
                 Ok(vec![
                     mlua::Value::Integer(wait::TWO),
                     item_to_lua(lua, item)?,
                     mlua::Value::Boolean(true),
                 ])
-            })
+            });
         }
         Ok(Tried::Closed) => (wait::TWO, false),
         Ok(Tried::Wait) => (wait::WAIT, false),

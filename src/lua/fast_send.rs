@@ -24,12 +24,7 @@ use std::ffi::c_int;
 
 /// The `process.send` function: the fast path in front of `full` (the mlua binding).
 pub fn create(lua: &Lua, full: Function) -> mlua::Result<Function> {
-    // SAFETY: a protected call (`exec_raw`) that pushes `full` and wraps it in a C closure.
-    unsafe {
-        lua.exec_raw::<Function>(full, |state| {
-            ffi::lua_pushcclosure(state, send, 1);
-        })
-    }
+    crate::lua::c_function::fronting(lua, full, send)
 }
 
 enum Fast {

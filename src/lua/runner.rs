@@ -5,6 +5,7 @@
 use crate::lua::compile::CompiledCode;
 use crate::lua::context::{self, ProcCtx};
 use crate::lua::convert;
+use crate::lua::resume::Stopped;
 use crate::lua::worker::worker_lua;
 use crate::process::pid::{ExitResult, Message, Pid};
 use crate::process::scheduler::panic_message;
@@ -342,21 +343,21 @@ impl Future for ProcTask {
                     Err(e) => return Poll::Ready(Err(e)),
                 };
                 let mut step = w.run_step_direct(&body, task.args.take());
-                if matches!(step, Ok((0, _, _))) && !ctx.wait_armed.get() {
-                    step = w.run_step(&body, None, cx);
+                if matches!(step, Ok(Stopped::Waiting)) && !ctx.wait_armed.get() {
+                    step = w.run_step(&body, cx);
                 }
                 match step {
-                    Ok((0, _, _)) => {
+                    Ok(Stopped::Waiting) => {
                         task.waiting = true;
                         Poll::Pending
                     }
-                    Ok((1, _, _)) => {
+                    Ok(Stopped::Yielded) => {
                         // Preempted (or a bare `coroutine.yield()`): run again soon.
                         cx.waker().wake_by_ref();
                         Poll::Pending
                     }
-                    Ok((2, a, b)) => Poll::Ready(Ok(MultiValue::from_iter([a, b]))),
-                    Ok((_, err, _)) => Poll::Ready(Err(step_error(err))),
+                    Ok(Stopped::Finished(a, b)) => Poll::Ready(Ok(MultiValue::from_iter([a, b]))),
+                    Ok(Stopped::Failed(err)) => Poll::Ready(Err(step_error(err))),
                     Err(e) => Poll::Ready(Err(e)),
                 }
             }))
@@ -539,28 +540,26 @@ mod tests {
         .unwrap()
     }
 
-    /// The worker's Lua heap after two full collections, measured on worker 0.
-    fn worker_heap(node: &Arc<Node>) -> usize {
+    /// `f`'s answer, run on worker 0.
+    fn on_worker<R: Send + 'static>(node: &Arc<Node>, f: impl FnOnce() -> R + Send + 'static) -> R {
         let (tx, rx) = std::sync::mpsc::channel();
-        node.scheduler.submit_to(
-            0,
-            Box::new(move || {
-                let lua = &worker_lua().lua;
-                lua.gc_collect().unwrap();
-                lua.gc_collect().unwrap();
-                tx.send(lua.used_memory()).unwrap();
-            }),
-        );
+        node.scheduler
+            .submit_to(0, Box::new(move || tx.send(f()).unwrap()));
         rx.recv_timeout(Duration::from_secs(5)).unwrap()
     }
 
+    /// The worker's Lua heap after two full collections.
+    fn worker_heap(node: &Arc<Node>) -> usize {
+        on_worker(node, || {
+            let lua = &worker_lua().lua;
+            lua.gc_collect().unwrap();
+            lua.gc_collect().unwrap();
+            lua.used_memory()
+        })
+    }
+
     fn fast_channels(node: &Arc<Node>) -> usize {
-        let (tx, rx) = std::sync::mpsc::channel();
-        node.scheduler.submit_to(
-            0,
-            Box::new(move || tx.send(crate::lua::fast_receive::entered()).unwrap()),
-        );
-        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+        on_worker(node, crate::lua::fast_receive::entered)
     }
 
     #[test]
@@ -603,13 +602,13 @@ mod tests {
         // all ended together: nothing may keep them reachable afterwards.
         let pids = spawn_all(5000);
         wait_alive(5000);
-        let with_them = worker_heap(&node);
         // Each inbox is in the fast receive table while its process lives, and only then.
         let deadline = Instant::now() + Duration::from_secs(20);
         while fast_channels(&node) < 5000 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(fast_channels(&node), 5000);
+        let with_them = worker_heap(&node);
         for p in &pids {
             node.procs.get(p.id()).unwrap().mailbox.kill("stop");
         }
@@ -633,21 +632,15 @@ mod tests {
         let host = EntryId::new("t", "host");
         let node = node_with_host(&host);
         // A binding that panics, visible to scripts on the (single) worker.
-        let (tx, rx) = std::sync::mpsc::channel();
-        node.scheduler.submit_to(
-            0,
-            Box::new(move || {
-                let w = worker_lua();
-                let base: mlua::Table = w.env_meta.raw_get("__index").unwrap();
-                let f = w
-                    .lua
-                    .create_function(|_, ()| -> mlua::Result<()> { panic!("binding bug") })
-                    .unwrap();
-                base.raw_set("test_panic", f).unwrap();
-                tx.send(()).unwrap();
-            }),
-        );
-        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        on_worker(&node, || {
+            let w = worker_lua();
+            let base: mlua::Table = w.env_meta.raw_get("__index").unwrap();
+            let f = w
+                .lua
+                .create_function(|_, ()| -> mlua::Result<()> { panic!("binding bug") })
+                .unwrap();
+            base.raw_set("test_panic", f).unwrap();
+        });
         let code = process_code("panicky", "return { main = function() test_panic() end }");
         let watcher = node
             .procs

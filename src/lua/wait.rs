@@ -6,7 +6,8 @@
 //! even when the value is already there. `receive` and `select` are the hottest calls a process
 //! makes, so they try synchronously first and only pay for a yield when they really wait. A
 //! yield with the pending marker is exactly what an mlua async call does when it waits, so the
-//! scheduler (`resume.rs`, `worker::STEP`) and scripts' own coroutines (`coroutine.rs`) treat both alike.
+//! scheduler (`resume.rs`, `worker::STEP`) and scripts' own coroutines (`coroutine.rs`) treat
+//! both alike.
 
 use crate::lua::context;
 use mlua::{Function, Lua, Table};

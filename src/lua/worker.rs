@@ -2,6 +2,7 @@
 //! from, the per-worker module tables, and the preemption hook.
 
 use crate::lua::context;
+use crate::lua::resume::Stopped;
 use crate::lua::sandbox::read_only;
 use mlua::{Function, HookTriggers, Lua, StdLib, Table, VmState};
 use std::cell::RefCell;
@@ -16,9 +17,10 @@ pub const TIME_SLICE: Duration = Duration::from_millis(5);
 /// with an error. Bounds how long such a loop can hold its worker.
 ///
 /// Yielding from the hook is safe because every process body is resumed with `lua_resume`
-/// directly (`resume.rs`) or by Lua's own `coroutine.resume` (see `STEP`): mlua's `AsyncThread::poll` resets the stack top of the
-/// coroutine it resumes, which would drop the live registers of a frame suspended by a hook,
-/// but it only ever sees the step, never the hooked coroutine.
+/// directly (`resume.rs`) or by Lua's own `coroutine.resume` (see `STEP`): mlua's
+/// `AsyncThread::poll` resets the stack top of the coroutine it resumes, which would drop the
+/// live registers of a frame suspended by a hook, but it only ever sees the step, never the
+/// hooked coroutine.
 pub const RUN_BUDGET: Duration = Duration::from_millis(500);
 /// A process preempted continuously for this long is logged once as a runaway.
 pub const RUNAWAY_WARN_AFTER: Duration = Duration::from_millis(500);
@@ -293,49 +295,45 @@ impl WorkerLua {
         })
     }
 
-    /// Resumes `co` once through `step` (with `args` on its first resume) and polls that to
-    /// completion; returns `(code, a, b)` as `STEP` describes.
+    /// Resumes `co` once through `step`, polling that with the task's context so an mlua async
+    /// call `co` stopped in gets the task's waker (see `run_step_direct`).
     pub fn run_step(
         &self,
         co: &mlua::Thread,
-        args: Option<mlua::MultiValue>,
         cx: &mut std::task::Context<'_>,
-    ) -> mlua::Result<(i64, mlua::Value, mlua::Value)> {
+    ) -> mlua::Result<Stopped> {
         // A fresh thread per step. Reusing one (a finished thread reset, as mlua's thread pool
         // does, or one stepper coroutine suspended between steps) was measured to make the
         // incremental GC fall behind here: collectable garbage grew by ~300 bytes per message.
         let runner = self.lua.create_thread(self.step.clone())?;
-        let mut fut = match args {
-            Some(mut a) => {
-                a.push_front(mlua::Value::Thread(co.clone()));
-                runner.into_async::<(i64, mlua::Value, mlua::Value)>(a)?
-            }
-            None => runner.into_async::<(i64, mlua::Value, mlua::Value)>(co.clone())?,
-        };
-        match std::future::Future::poll(std::pin::Pin::new(&mut fut), cx) {
-            std::task::Poll::Ready(r) => r,
+        let mut fut = runner.into_async::<(i64, mlua::Value, mlua::Value)>(co.clone())?;
+        let (code, a, b) = match std::future::Future::poll(std::pin::Pin::new(&mut fut), cx) {
+            std::task::Poll::Ready(r) => r?,
             // Only `co` can wait or be preempted; the step itself never yields.
-            std::task::Poll::Pending => Err(mlua::Error::runtime("process step did not finish")),
-        }
+            std::task::Poll::Pending => {
+                return Err(mlua::Error::runtime("process step did not finish"))
+            }
+        };
+        Ok(match code {
+            0 => Stopped::Waiting,
+            1 => Stopped::Yielded,
+            2 => Stopped::Finished(a, b),
+            _ => Stopped::Failed(a),
+        })
     }
 
-    /// `run_step` without an async poll: `co` is resumed straight through `lua_resume`
-    /// (`resume.rs`). Cheaper (no thread, no future and no Lua frame per poll), but an mlua
-    /// async call inside `co` is polled with a no-op waker, so code `0` is only a real wait
-    /// when a synchronous wait armed it (`ProcCtx::wait_armed`); otherwise the caller finishes
-    /// the poll with `run_step`, which polls that call again with the task's waker.
+    /// One resume of `co` (with `args` on its first resume) straight through `lua_resume`
+    /// (`resume.rs`). Cheaper than `run_step` (no thread, no future and no Lua frame per poll),
+    /// but an mlua async call inside `co` is polled with a no-op waker, so `Waiting` is only a
+    /// real wait when a synchronous wait armed it (`ProcCtx::wait_armed`); otherwise the
+    /// caller finishes the poll with `run_step`, which polls that call again with the task's
+    /// waker.
     pub fn run_step_direct(
         &self,
         co: &mlua::Thread,
         args: Option<mlua::MultiValue>,
-    ) -> mlua::Result<(i64, mlua::Value, mlua::Value)> {
-        use crate::lua::resume::Stopped;
-        Ok(match crate::lua::resume::resume(&self.lua, co, args)? {
-            Stopped::Waiting => (0, mlua::Value::Nil, mlua::Value::Nil),
-            Stopped::Yielded => (1, mlua::Value::Nil, mlua::Value::Nil),
-            Stopped::Finished(a, b) => (2, a, b),
-            Stopped::Failed(err) => (3, err, mlua::Value::Nil),
-        })
+    ) -> mlua::Result<Stopped> {
+        crate::lua::resume::resume(&self.lua, co, args)
     }
 
     /// Ends the async call `co` is waiting in (its future is dropped now rather than when the

@@ -667,16 +667,17 @@ fn with_target(
 
 fn cached_channel(
     lua: &Lua,
-    slot: &std::cell::RefCell<Option<mlua::RegistryKey>>,
+    slot: &std::cell::RefCell<Option<context::ChannelObject>>,
     core: &std::rc::Rc<ChanCore>,
 ) -> mlua::Result<AnyUserData> {
-    if let Some(key) = slot.borrow().as_ref() {
-        return lua.registry_value(key);
+    if let Some(object) = slot.borrow().as_ref() {
+        return lua.registry_value(&object.key);
     }
     let ud = lua.create_userdata(Channel(core.clone()))?;
-    *slot.borrow_mut() = Some(lua.create_registry_value(ud.clone())?);
+    let key = lua.create_registry_value(ud.clone())?;
     // Kept alive by the registry key until `ProcCtx::drop` removes both.
-    crate::lua::fast_receive::enter(&ud, core);
+    let addr = crate::lua::fast_receive::enter(&ud, core);
+    *slot.borrow_mut() = Some(context::ChannelObject { key, addr });
     Ok(ud)
 }
 
