@@ -477,7 +477,7 @@ fn worker_threads(mw: &Moonwire) -> Vec<String> {
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .map(|n| n.trim().to_string())
-        .filter(|n| n.starts_with("moonwire-"))
+        .filter(|n| n.starts_with("moonwire-conn-") || n.starts_with("moonwire-proc-"))
         .collect();
     names.sort();
     names

@@ -176,7 +176,7 @@ fn sandbox_globals_require_and_read_only_libraries() {
 #[test]
 fn runaway_loop_does_not_freeze_its_neighbour() {
     let run = harness::start("proc_runaway");
-    let modes = ["plain", "pcall", "table", "sort"];
+    let modes = ["plain", "pcall", "table", "sort", "coroutine"];
     let names: Vec<String> = modes
         .iter()
         .flat_map(|m| {
@@ -187,7 +187,7 @@ fn runaway_loop_does_not_freeze_its_neighbour() {
         })
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    run.expect_pass(&names, Duration::from_secs(14));
+    run.expect_pass(&names, Duration::from_secs(18));
     // The runtime says which process ran away (a warning or the error that stopped it).
     let logs = run.logs();
     let named = logs.iter().any(|l| {

@@ -8,9 +8,20 @@ use crate::lua::runner::{LuaTask, ProcTask};
 use mlua::{Function, Lua, Table};
 
 const WRAPPER: &str = r#"
-local raw, PENDING = ...
-local create, resume_raw, yield, status = raw.create, raw.resume, raw.yield, raw.status
+local raw, PENDING, hook_every = ...
+local create_raw, resume_raw, yield, status = raw.create, raw.resume, raw.yield, raw.status
 local pack, unpack = table.pack, table.unpack
+
+-- The scheduler preempts process bodies on demand; a script's own coroutine is watched by a
+-- periodic hook instead (preempt.rs).
+local function create(f)
+    if type(f) ~= "function" then
+        error("bad argument #1 to 'create' (function expected, got " .. type(f) .. ")", 2)
+    end
+    local co = create_raw(f)
+    hook_every(co)
+    return co
+end
 
 local function resume(co, ...)
     local r = pack(resume_raw(co, ...))
@@ -44,10 +55,14 @@ return {
 
 pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     let raw: Table = lua.globals().raw_get("coroutine")?;
-    let wrapped: Table = lua
-        .load(WRAPPER)
-        .set_name("=coroutine")
-        .call((raw, mlua::Value::LightUserData(Lua::poll_pending())))?;
+    let wrapped: Table = lua.load(WRAPPER).set_name("=coroutine").call((
+        raw,
+        mlua::Value::LightUserData(Lua::poll_pending()),
+        lua.create_function(|_, co: mlua::Thread| {
+            crate::lua::preempt::hook_every(&co);
+            Ok(())
+        })?,
+    ))?;
     wrapped.raw_set("spawn", lua.create_function(spawn)?)?;
     globals.raw_set("coroutine", crate::lua::sandbox::read_only(lua, wrapped)?)?;
     Ok(())

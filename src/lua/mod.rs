@@ -14,6 +14,7 @@ pub mod function;
 pub mod memory;
 pub mod message;
 pub mod modules;
+pub mod preempt;
 pub mod resume;
 pub mod runner;
 pub mod sandbox;

@@ -342,6 +342,7 @@ impl Future for ProcTask {
                     Ok(body) => body,
                     Err(e) => return Poll::Ready(Err(e)),
                 };
+                let _step = crate::lua::preempt::Step::begin(&body);
                 let mut step = w.run_step_direct(&body, task.args.take());
                 if matches!(step, Ok(Stopped::Waiting)) && !ctx.wait_armed.get() {
                     step = w.run_step(&body, cx);

@@ -24,7 +24,6 @@ pub const TIME_SLICE: Duration = Duration::from_millis(5);
 pub const RUN_BUDGET: Duration = Duration::from_millis(500);
 /// A process preempted continuously for this long is logged once as a runaway.
 pub const RUNAWAY_WARN_AFTER: Duration = Duration::from_millis(500);
-const HOOK_EVERY: u32 = 20_000;
 
 pub struct WorkerLua {
     pub lua: Lua,
@@ -261,9 +260,12 @@ impl WorkerLua {
         // message without bound. Generational mode kept it at ~1 MB at the same speed.
         lua.gc_gen(0, 0);
         lua.set_global_hook(
-            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            HookTriggers::new().every_nth_instruction(crate::lua::preempt::HOOK_EVERY as u32),
             preemption_hook,
         )?;
+        // Bodies run without it (`preempt.rs`); the watchdog arms them with this procedure.
+        let noop: Function = lua.load("return function() end").eval()?;
+        crate::lua::preempt::remember_hook(&lua.create_thread(noop)?);
 
         // Drop what the sandbox does not offer from the real globals too, so nothing leaks
         // through a shared function's environment.
