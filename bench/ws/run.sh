@@ -6,6 +6,7 @@
 #         tutorial  the tutorial's own _index.yaml and five scripts, extracted from the seed
 #         bun | node-ws   the peer servers, through ../shared/bench/peers/bench.sh
 # Prints wsload's JSON line and a one-line summary. Stops everything it starts.
+# Env: NO_BUILD=1 (use the last release build), MOONWIRE_BIN=path (another moonwire binary).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -62,7 +63,7 @@ block('local sql = require("sql")\nlocal logger = require("logger")', "migrate.l
 PY
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-(cd "$work" && MOONWIRE_LOG=info exec "$repo/target/release/moonwire" run --registry "$reg" --no-watch --addr "127.0.0.1:$port" 2> "$work/server.log") &
+(cd "$work" && MOONWIRE_LOG=info exec "${MOONWIRE_BIN:-$repo/target/release/moonwire}" run --registry "$reg" --no-watch --addr "127.0.0.1:$port" 2> "$work/server.log") &
 spid=$!
 for _ in $(seq 100); do grep -q "api_key=" "$work/server.log" 2>/dev/null && break; sleep 0.1; done
 key=$(grep -o 'api_key=[A-Za-z0-9]*' "$work/server.log" | head -1 | cut -d= -f2)
