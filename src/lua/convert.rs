@@ -6,7 +6,7 @@ use bytes::Bytes;
 use mlua::Lua;
 use std::sync::Arc;
 
-const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Strings at least this long are shared: the last one copied out of Lua is reused when the
 /// same string is sent again (a broadcast copies it once), and the last one made into a Lua
@@ -164,6 +164,17 @@ fn lua_string(lua: &Lua, b: &Bytes) -> mlua::Result<mlua::String> {
     let s = lua.create_string(b)?;
     lua.set_app_data(LastReceived(b.clone(), s.clone()));
     Ok(s)
+}
+
+/// `from_lua`, with tables of the common shapes read straight off the Lua stack
+/// (`raw_copy.rs`); the same copy, several times cheaper.
+pub fn from_lua_in(lua: &Lua, v: &mlua::Value) -> Result<Value, ErrorValue> {
+    if let mlua::Value::Table(_) = v {
+        if let Some(copied) = crate::lua::raw_copy::from_lua(lua, v) {
+            return Ok(copied);
+        }
+    }
+    from_lua(v)
 }
 
 /// Lua → owned. Functions, threads, channels and other userdata are `INVALID`, as are cycles.

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod message;
 pub mod modules;
 pub mod preempt;
+pub mod raw_copy;
 pub mod resume;
 pub mod runner;
 pub mod sandbox;

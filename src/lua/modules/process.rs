@@ -112,7 +112,7 @@ pub fn payload_value(
             return Ok(only);
         }
     }
-    convert::from_lua(v)
+    convert::from_lua_in(lua, v)
 }
 
 fn dest_arg(v: &mlua::Value) -> mlua::Result<String> {

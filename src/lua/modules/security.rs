@@ -6,7 +6,7 @@
 //! call time.
 
 use crate::lua::context;
-use crate::lua::convert::{from_lua, json_to_lua};
+use crate::lua::convert::{from_lua_in, json_to_lua};
 use crate::lua::errors::{error_object, fail, ok};
 use crate::process::value::{ErrorKind, ErrorValue};
 use crate::registry::duration;
@@ -148,10 +148,10 @@ fn require(action: &str, resource: &str) -> mlua::Result<()> {
 
 /// An optional meta table as a JSON object (`nil` ⇒ empty). An array-shaped table keeps its
 /// items under `"1"`, `"2"` … so nothing is silently lost.
-fn meta_map(v: &mlua::Value) -> Result<serde_json::Map<String, J>, String> {
+fn meta_map(lua: &Lua, v: &mlua::Value) -> Result<serde_json::Map<String, J>, String> {
     match v {
         mlua::Value::Nil => Ok(serde_json::Map::new()),
-        mlua::Value::Table(_) => match from_lua(v).map_err(|e| e.message)?.to_json() {
+        mlua::Value::Table(_) => match from_lua_in(lua, v).map_err(|e| e.message)?.to_json() {
             J::Object(m) => Ok(m),
             J::Array(items) => Ok(items
                 .into_iter()
@@ -165,10 +165,12 @@ fn meta_map(v: &mlua::Value) -> Result<serde_json::Map<String, J>, String> {
 }
 
 /// Resource meta for a check (`nil` ⇒ none).
-fn check_meta(v: &mlua::Value) -> mlua::Result<J> {
+fn check_meta(lua: &Lua, v: &mlua::Value) -> mlua::Result<J> {
     match v {
         mlua::Value::Nil => Ok(J::Null),
-        _ => meta_map(v).map(J::Object).map_err(mlua::Error::runtime),
+        _ => meta_map(lua, v)
+            .map(J::Object)
+            .map_err(mlua::Error::runtime),
     }
 }
 
@@ -248,10 +250,11 @@ impl UserData for LuaActor {
 }
 
 fn evaluate_args(
+    lua: &Lua,
     actor: Option<UserDataRef<LuaActor>>,
     meta: &mlua::Value,
 ) -> mlua::Result<(Option<Actor>, J)> {
-    Ok((actor.map(|a| a.0.clone()), check_meta(meta)?))
+    Ok((actor.map(|a| a.0.clone()), check_meta(lua, meta)?))
 }
 
 impl UserData for LuaPolicy {
@@ -259,7 +262,7 @@ impl UserData for LuaPolicy {
         methods.add_method("id", |_, this, ()| Ok(this.0.id.to_string()));
         methods.add_method(
             "evaluate",
-            |_,
+            |lua,
              this,
              (actor, action, resource, meta): (
                 Option<UserDataRef<LuaActor>>,
@@ -267,7 +270,7 @@ impl UserData for LuaPolicy {
                 String,
                 mlua::Value,
             )| {
-                let (actor, meta) = evaluate_args(actor, &meta)?;
+                let (actor, meta) = evaluate_args(lua, actor, &meta)?;
                 Ok(this
                     .0
                     .evaluate(actor.as_ref(), &action, &resource, &meta)
@@ -301,7 +304,7 @@ impl UserData for LuaScope {
         });
         methods.add_method(
             "evaluate",
-            |_,
+            |lua,
              this,
              (actor, action, resource, meta): (
                 Option<UserDataRef<LuaActor>>,
@@ -309,7 +312,7 @@ impl UserData for LuaScope {
                 String,
                 mlua::Value,
             )| {
-                let (actor, meta) = evaluate_args(actor, &meta)?;
+                let (actor, meta) = evaluate_args(lua, actor, &meta)?;
                 Ok(this
                     .0
                     .evaluate(actor.as_ref(), &action, &resource, &meta)
@@ -364,7 +367,7 @@ impl UserData for LuaTokenStore {
                             Ok(e) => e,
                             Err(m) => return fail(lua, ErrorKind::Invalid, m),
                         };
-                        match meta_map(&o.get::<mlua::Value>("meta")?) {
+                        match meta_map(lua, &o.get::<mlua::Value>("meta")?) {
                             Ok(m) => (expiration, m),
                             Err(m) => return fail(lua, ErrorKind::Invalid, m),
                         }
@@ -514,17 +517,17 @@ pub fn loader(lua: &Lua) -> mlua::Result<Table> {
     t.set(
         "can",
         lua.create_function(
-            |_, (action, resource, meta): (String, String, mlua::Value)| {
-                let meta = check_meta(&meta)?;
+            |lua, (action, resource, meta): (String, String, mlua::Value)| {
+                let meta = check_meta(lua, &meta)?;
                 Ok(current_security().can(&action, &resource, &meta))
             },
         )?,
     )?;
     t.set(
         "new_actor",
-        lua.create_function(|_, (id, meta): (String, mlua::Value)| {
+        lua.create_function(|lua, (id, meta): (String, mlua::Value)| {
             require("security.actor.create", &id)?;
-            let meta = meta_map(&meta).map_err(mlua::Error::runtime)?;
+            let meta = meta_map(lua, &meta).map_err(mlua::Error::runtime)?;
             Ok(LuaActor(Actor::new(id, meta)))
         })?,
     )?;

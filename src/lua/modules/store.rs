@@ -5,7 +5,7 @@
 //! state: permissions and store lookups go through `context` at call time.
 
 use crate::lua::context;
-use crate::lua::convert::{from_lua, to_lua};
+use crate::lua::convert::{from_lua_in, to_lua};
 use crate::lua::errors::{fail, ok};
 use crate::lua::sandbox::read_only;
 use crate::process::value::{ErrorKind, ErrorValue, Value};
@@ -192,7 +192,7 @@ macro_rules! try_ret {
 }
 
 fn value_arg(lua: &Lua, v: &mlua::Value) -> Result<Value, Ret> {
-    from_lua(v).map_err(|e| fail(lua, ErrorKind::Invalid, e.message))
+    from_lua_in(lua, v).map_err(|e| fail(lua, ErrorKind::Invalid, e.message))
 }
 
 impl UserData for LuaStore {
