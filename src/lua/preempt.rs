@@ -66,25 +66,29 @@ impl Drop for Registration {
     }
 }
 
-fn slot() -> Arc<Slot> {
+/// Bumps this thread's step counter (registering the thread on its first step).
+fn bump_steps() {
     REGISTRATION.with(|r| {
-        r.get_or_init(|| {
-            start_watchdog();
-            let slot = Arc::new(Slot {
-                steps: AtomicU64::new(0),
-                seen: AtomicU64::new(0),
-                signalled: AtomicU64::new(u64::MAX),
-                // SAFETY: no preconditions.
-                thread: unsafe { libc::pthread_self() },
-            });
-            SLOTS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(slot.clone());
-            Registration(slot)
-        })
-        .0
-        .clone()
+        let slot = &r
+            .get_or_init(|| {
+                start_watchdog();
+                let slot = Arc::new(Slot {
+                    steps: AtomicU64::new(0),
+                    seen: AtomicU64::new(0),
+                    signalled: AtomicU64::new(u64::MAX),
+                    // SAFETY: no preconditions.
+                    thread: unsafe { libc::pthread_self() },
+                });
+                SLOTS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(slot.clone());
+                Registration(slot)
+            })
+            .0;
+        // Only this thread writes it: a load and a store, no read-modify-write.
+        let n = slot.steps.load(Ordering::Relaxed);
+        slot.steps.store(n.wrapping_add(1), Ordering::Relaxed);
     })
 }
 
@@ -171,7 +175,6 @@ pub fn hook_every(thread: &mlua::Thread) {
 pub struct Step {
     state: *mut ffi::lua_State,
     previous: *mut ffi::lua_State,
-    slot: Option<Arc<Slot>>,
 }
 
 impl Step {
@@ -189,17 +192,10 @@ impl Step {
         let previous = RUNNING.with(|r| r.swap(state, Ordering::Relaxed));
         // A step inside a step (a body resumed synchronously by another) leaves the watchdog's
         // view to the outer one.
-        let slot = previous.is_null().then(|| {
-            let slot = slot();
-            let n = slot.steps.load(Ordering::Relaxed);
-            slot.steps.store(n + 1, Ordering::Relaxed);
-            slot
-        });
-        Step {
-            state,
-            previous,
-            slot,
+        if previous.is_null() {
+            bump_steps();
         }
+        Step { state, previous }
     }
 }
 
@@ -207,9 +203,8 @@ impl Drop for Step {
     fn drop(&mut self) {
         RUNNING.with(|r| r.store(self.previous, Ordering::Relaxed));
         compiler_fence(Ordering::SeqCst);
-        if let Some(slot) = &self.slot {
-            let n = slot.steps.load(Ordering::Relaxed);
-            slot.steps.store(n + 1, Ordering::Relaxed);
+        if self.previous.is_null() {
+            bump_steps();
         }
         if ARMED.with(|a| a.swap(false, Ordering::Relaxed)) {
             // SAFETY: the thread this step resumed; still alive (the caller holds it).
@@ -221,6 +216,11 @@ impl Drop for Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This thread's step counter as the watchdog reads it.
+    fn steps() -> u64 {
+        REGISTRATION.with(|r| r.get().map_or(0, |r| r.0.steps.load(Ordering::Relaxed)))
+    }
 
     fn hook_mask(t: &mlua::Thread) -> i32 {
         // SAFETY: reads a field of a live thread.
@@ -246,6 +246,20 @@ mod tests {
         {
             let _step = Step::begin(&body);
             assert_eq!(hook_mask(&body), 0);
+            assert_eq!(RUNNING.with(|r| r.load(Ordering::Relaxed)), body.state());
+        }
+        assert!(RUNNING.with(|r| r.load(Ordering::Relaxed)).is_null());
+        // A step inside a step hands the published body back when it ends.
+        let inner_body = lua.create_thread(f.clone()).unwrap();
+        {
+            let _outer = Step::begin(&body);
+            {
+                let _inner = Step::begin(&inner_body);
+                assert_eq!(
+                    RUNNING.with(|r| r.load(Ordering::Relaxed)),
+                    inner_body.state()
+                );
+            }
             assert_eq!(RUNNING.with(|r| r.load(Ordering::Relaxed)), body.state());
         }
         assert!(RUNNING.with(|r| r.load(Ordering::Relaxed)).is_null());
