@@ -253,6 +253,8 @@ mod tests {
         let inner_body = lua.create_thread(f.clone()).unwrap();
         {
             let _outer = Step::begin(&body);
+            let during = steps();
+            assert_eq!(during % 2, 1, "odd while a step runs");
             {
                 let _inner = Step::begin(&inner_body);
                 assert_eq!(
@@ -261,8 +263,14 @@ mod tests {
                 );
             }
             assert_eq!(RUNNING.with(|r| r.load(Ordering::Relaxed)), body.state());
+            assert_eq!(
+                steps(),
+                during,
+                "an inner step leaves the count to the outer one"
+            );
         }
         assert!(RUNNING.with(|r| r.load(Ordering::Relaxed)).is_null());
+        assert_eq!(steps() % 2, 0, "even between steps");
         let script_co = lua.create_thread(f).unwrap();
         // SAFETY: test only.
         unsafe { ffi::lua_sethook(script_co.state(), None, 0, 0) };
