@@ -171,6 +171,22 @@ pub fn hook_every(thread: &mlua::Thread) {
     }
 }
 
+/// Called by the hook when it fires: a body the watchdog armed (count 1) goes back to the
+/// periodic count. Where the hook cannot yield (a `table.sort` comparator, a `gsub`
+/// callback) the code then runs at full speed until the run budget, as with the periodic
+/// hook, instead of calling the hook before every instruction.
+pub fn settle(thread: &mlua::Thread) {
+    // SAFETY: fields of the running thread, from inside its own hook (Lua allows changing a
+    // hook there).
+    unsafe {
+        let state = thread.state();
+        if ffi::lua_gethookcount(state) == 1 {
+            let hook = ffi::lua_gethook(state);
+            ffi::lua_sethook(state, hook, ffi::LUA_MASKCOUNT, HOOK_EVERY);
+        }
+    }
+}
+
 /// One step of a body: hook-free, and visible to the watchdog until dropped.
 pub struct Step {
     state: *mut ffi::lua_State,
@@ -280,6 +296,46 @@ mod tests {
             unsafe { ffi::lua_gethookcount(script_co.state()) },
             HOOK_EVERY
         );
+    }
+
+    #[test]
+    fn an_armed_body_that_cannot_yield_goes_back_to_the_periodic_hook() {
+        let lua = mlua::Lua::new();
+        let hits = std::rc::Rc::new(std::cell::Cell::new(0u32));
+        let seen = hits.clone();
+        lua.set_global_hook(
+            mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY as u32),
+            move |lua, _| {
+                settle(&lua.current_thread());
+                seen.set(seen.get() + 1);
+                Ok(mlua::VmState::Continue)
+            },
+        )
+        .unwrap();
+        // About three million instructions.
+        let f: mlua::Function = lua
+            .load("return function() local n = 0 for i = 1, 1000000 do n = n + i end return n end")
+            .eval()
+            .unwrap();
+        let body = lua.create_thread(f).unwrap();
+        remember_hook(&body);
+        {
+            let _step = Step::begin(&body);
+            on_signal(0);
+            assert!(ARMED.with(|a| a.load(Ordering::Relaxed)));
+            let stopped = crate::lua::resume::resume(&lua, &body, Some(Default::default()));
+            assert!(matches!(
+                stopped,
+                Ok(crate::lua::resume::Stopped::Finished(..))
+            ));
+        }
+        assert!(hits.get() >= 1, "the armed hook fired");
+        assert!(
+            hits.get() < 2_000,
+            "{} hook calls: the count went back to periodic",
+            hits.get()
+        );
+        assert_eq!(hook_mask(&body), 0, "the step's end disarms");
     }
 
     #[test]

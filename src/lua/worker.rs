@@ -459,6 +459,8 @@ fn require(_lua: &Lua, name: String) -> mlua::Result<Table> {
 }
 
 fn preemption_hook(lua: &Lua, _debug: &mlua::Debug) -> mlua::Result<VmState> {
+    let thread = lua.current_thread();
+    crate::lua::preempt::settle(&thread);
     let Some(ctx) = context::current() else {
         return Ok(VmState::Continue);
     };
@@ -468,7 +470,7 @@ fn preemption_hook(lua: &Lua, _debug: &mlua::Debug) -> mlua::Result<VmState> {
     }
     // Only the process body the scheduler is polling may yield; a script's own coroutine
     // would receive the yield as a bogus value.
-    let is_body = lua.current_thread().to_pointer() == ctx.running_thread.get();
+    let is_body = thread.to_pointer() == ctx.running_thread.get();
     // The budget applies only where yielding is impossible: in a script's own coroutine, or
     // when a yield asked for earlier in this poll was skipped (Lua cannot yield across some C
     // boundaries, and mlua then ignores the request). A body that was merely descheduled by
