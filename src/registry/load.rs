@@ -1046,6 +1046,16 @@ fn condition(cx: &mut Cx, i: usize, item: &Value) -> Option<Condition> {
 
 fn process_host(cx: &mut Cx) -> EntryKind {
     cx.mapping(&["host"]);
+    // Wippy sizes its work-stealing scheduler's queues with these; moonwire's workers keep no
+    // shared run queue (a process stays on its worker), so a value set here changes nothing.
+    for field in ["queue_size", "local_queue_size"] {
+        if cx.get(&["host", field]).is_some() {
+            cx.warn(
+                &["host", field],
+                "accepted for compatibility; moonwire's scheduler has no such queue, so it has no effect",
+            );
+        }
+    }
     EntryKind::ProcessHost(ProcessHost {
         workers: cx.count(&["host", "workers"], cpu_count()),
         queue_size: cx.count(&["host", "queue_size"], 1024),
@@ -2246,6 +2256,19 @@ mod tests {
         assert_eq!(
             lines(root.path(), reg.warnings()),
             ["registry/_index.yaml:5: entry app:mem: field `max_sise`: unknown field for store.memory (ignored)"]
+        );
+    }
+
+    #[test]
+    fn scheduler_queue_sizes_are_accepted_with_a_warning() {
+        let root = project(&[(
+            "registry/_index.yaml",
+            "namespace: app\nentries:\n  - name: host\n    kind: process.host\n    host:\n      workers: 2\n      queue_size: 9\n",
+        )]);
+        let reg = load_env(root.path(), &[]).unwrap();
+        assert_eq!(
+            lines(root.path(), reg.warnings()),
+            ["registry/_index.yaml:7: entry app:host: field `host.queue_size`: accepted for compatibility; moonwire's scheduler has no such queue, so it has no effect"]
         );
     }
 
