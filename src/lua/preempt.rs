@@ -298,27 +298,45 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_armed_body_that_cannot_yield_goes_back_to_the_periodic_hook() {
+    /// A state whose global hook counts its calls and yields or continues (calling `settle`
+    /// first when asked), and a body thread running `src`.
+    fn hooked_body(
+        src: &str,
+        yields: bool,
+        settles: bool,
+    ) -> (mlua::Lua, mlua::Thread, std::rc::Rc<std::cell::Cell<u32>>) {
         let lua = mlua::Lua::new();
         let hits = std::rc::Rc::new(std::cell::Cell::new(0u32));
         let seen = hits.clone();
         lua.set_global_hook(
             mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY as u32),
             move |lua, _| {
-                settle(&lua.current_thread());
+                if settles {
+                    settle(&lua.current_thread());
+                }
                 seen.set(seen.get() + 1);
-                Ok(mlua::VmState::Continue)
+                Ok(if yields {
+                    mlua::VmState::Yield
+                } else {
+                    mlua::VmState::Continue
+                })
             },
         )
         .unwrap();
-        // About three million instructions.
-        let f: mlua::Function = lua
-            .load("return function() local n = 0 for i = 1, 1000000 do n = n + i end return n end")
-            .eval()
-            .unwrap();
+        let f: mlua::Function = lua.load(src).eval().unwrap();
         let body = lua.create_thread(f).unwrap();
         remember_hook(&body);
+        (lua, body, hits)
+    }
+
+    #[test]
+    fn an_armed_body_that_cannot_yield_goes_back_to_the_periodic_hook() {
+        // About three million instructions.
+        let (lua, body, hits) = hooked_body(
+            "return function() local n = 0 for i = 1, 1000000 do n = n + i end return n end",
+            false,
+            true,
+        );
         {
             let _step = Step::begin(&body);
             on_signal(0);
@@ -340,24 +358,8 @@ mod tests {
 
     #[test]
     fn the_watchdog_arms_a_step_that_runs_too_long_and_the_step_end_disarms_it() {
-        let lua = mlua::Lua::new();
-        let hits = std::rc::Rc::new(std::cell::Cell::new(0u32));
-        let seen = hits.clone();
-        lua.set_global_hook(
-            mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY as u32),
-            move |_, _| {
-                seen.set(seen.get() + 1);
-                Ok(mlua::VmState::Yield)
-            },
-        )
-        .unwrap();
         // Spins until preempted: without the watchdog's signal this never yields.
-        let f: mlua::Function = lua
-            .load("return function() while true do end end")
-            .eval()
-            .unwrap();
-        let body = lua.create_thread(f).unwrap();
-        remember_hook(&body);
+        let (lua, body, hits) = hooked_body("return function() while true do end end", true, false);
         let started = std::time::Instant::now();
         {
             let _step = Step::begin(&body);
