@@ -101,6 +101,11 @@ pub fn share_record(table: Table) -> Arc<Table> {
     table
 }
 
+/// The record the last copy remembered (see `RECORD_MAX`).
+pub(crate) fn last_record() -> Option<Arc<Table>> {
+    LAST_RECORD.with(|last| last.borrow().clone())
+}
+
 /// `scalar_eq` for two owned scalars.
 fn owned_scalar_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {

@@ -18,7 +18,7 @@
 //! stack height on every path.
 #![allow(unsafe_code)]
 
-use crate::lua::convert::{share_record, string_bytes_at, MAX_DEPTH};
+use crate::lua::convert::{last_record, share_record, string_bytes_at, MAX_DEPTH};
 use crate::process::value::{Table, Value};
 use mlua::{ffi, Lua};
 use std::ffi::{c_int, c_void};
@@ -81,9 +81,59 @@ unsafe fn copy_at(
             let b = bytes_at(state, idx)?;
             Value::Str(string_bytes_at(b, ffi::lua_topointer(state, idx) as usize))
         }
-        ffi::LUA_TTABLE => Value::Table(share_record(copy_table(state, idx, open)?)),
+        ffi::LUA_TTABLE => match last_record() {
+            Some(record) if holds_exactly(state, idx, &record) => Value::Table(record),
+            _ => Value::Table(share_record(copy_table(state, idx, open)?)),
+        },
         _ => return None,
     })
+}
+
+/// Whether the table at `idx` holds exactly `record`'s entries, in `next` order (what
+/// `share_record` would find after a copy), read without copying anything. Leaves the stack as
+/// it was.
+unsafe fn holds_exactly(state: *mut ffi::lua_State, idx: c_int, record: &Table) -> bool {
+    if !record.array.is_empty()
+        || ffi::lua_rawlen(state, idx) != 0
+        || ffi::lua_checkstack(state, 2) == 0
+    {
+        return false;
+    }
+    let top = ffi::lua_gettop(state);
+    let mut seen = 0;
+    let mut same = true;
+    ffi::lua_pushnil(state);
+    while ffi::lua_next(state, idx) != 0 {
+        let value_idx = ffi::lua_gettop(state);
+        same = match record.map.get(seen) {
+            Some((k, v)) => scalar_is(state, value_idx - 1, k) && scalar_is(state, value_idx, v),
+            None => false,
+        };
+        if !same {
+            break;
+        }
+        seen += 1;
+        ffi::lua_pop(state, 1);
+    }
+    ffi::lua_settop(state, top);
+    same && seen == record.map.len()
+}
+
+/// Whether the value at `idx` is the scalar `owned` (an integer never equals a float).
+unsafe fn scalar_is(state: *mut ffi::lua_State, idx: c_int, owned: &Value) -> bool {
+    match (ffi::lua_type(state, idx), owned) {
+        (ffi::LUA_TSTRING, Value::Str(b)) => bytes_at(state, idx) == Some(&b[..]),
+        (ffi::LUA_TNUMBER, Value::Int(i)) => {
+            ffi::lua_isinteger(state, idx) != 0
+                && ffi::lua_tointegerx(state, idx, std::ptr::null_mut()) == *i
+        }
+        (ffi::LUA_TNUMBER, Value::Float(f)) => {
+            ffi::lua_isinteger(state, idx) == 0
+                && ffi::lua_tonumberx(state, idx, std::ptr::null_mut()).to_bits() == f.to_bits()
+        }
+        (ffi::LUA_TBOOLEAN, Value::Bool(b)) => (ffi::lua_toboolean(state, idx) != 0) == *b,
+        _ => false,
+    }
 }
 
 unsafe fn copy_table(
@@ -180,6 +230,45 @@ mod tests {
         }
         let v: mlua::Value = lua.load(&deep).eval().unwrap();
         assert_eq!(from_lua(&lua, &v), None, "too deep");
+    }
+
+    #[test]
+    fn an_equal_record_is_the_remembered_copy_and_a_different_one_is_not() {
+        let lua = Lua::new();
+        let copy = |src: &str| {
+            let v: mlua::Value = lua.load(src).eval().unwrap();
+            match from_lua(&lua, &v) {
+                Some(Value::Table(t)) => t,
+                other => panic!("{src}: {other:?}"),
+            }
+        };
+        let first = copy("return { type = 'text', data = 'abc' }");
+        let again = copy("return { type = 'text', data = 'abc' }");
+        assert!(std::sync::Arc::ptr_eq(&first, &again));
+        for different in [
+            "return { type = 'text', data = 'abd' }",
+            "return { type = 'text' }",
+            "return { type = 'text', data = 'abc', n = 1 }",
+            "return { type = 'text', data = 1 }",
+            "return { 'text', 'abc' }",
+        ] {
+            let other = copy(different);
+            assert!(!std::sync::Arc::ptr_eq(&first, &other), "{different}");
+            // The general copy agrees on the content.
+            let v: mlua::Value = lua.load(different).eval().unwrap();
+            assert_eq!(
+                *other,
+                *match crate::lua::convert::from_lua(&v).unwrap() {
+                    Value::Table(t) => t,
+                    _ => unreachable!(),
+                }
+            );
+        }
+        // An integer and an equal float are different records.
+        let int = copy("return { n = 1 }");
+        let float = copy("return { n = 1.0 }");
+        assert!(!std::sync::Arc::ptr_eq(&int, &float));
+        assert_eq!(float.map[0].1, Value::Float(1.0));
     }
 
     #[test]
