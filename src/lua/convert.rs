@@ -11,7 +11,7 @@ pub(crate) const MAX_DEPTH: usize = 128;
 /// Strings at least this long are shared: the last one copied out of Lua is reused when the
 /// same string is sent again (a broadcast copies it once), and the last one made into a Lua
 /// string is reused by the next receiver on the worker. Shorter strings are cheaper to copy.
-const SHARE_MIN: usize = 64;
+pub(crate) const SHARE_MIN: usize = 64;
 
 thread_local! {
     /// (address of the Lua string, its bytes). The address only picks the candidate; the

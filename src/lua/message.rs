@@ -14,8 +14,9 @@
 //! - The metatable is hidden (`__metatable`), so no script can call `__gc` itself or swap it.
 //! - Lua may raise (a `longjmp`) only where the frames it skips hold no value with a destructor:
 //!   allocations done while a Rust value is owned go through mlua (protected when mlua thinks a
-//!   memory error possible) or through `lua.exec_raw`, which is a protected call; raw pushes that
-//!   allocate (`lua_pushlstring`) happen only in frames that hold plain borrows.
+//!   memory error possible) or through `lua.exec_raw`, which is a protected call; raw calls that
+//!   allocate (`lua_pushlstring`, and `lua_rawsetp` for the registry's last-string slot) happen
+//!   only in frames that hold plain borrows.
 //! - Errors are raised at the outermost frame, after every Rust value is dropped.
 #![allow(unsafe_code)]
 
@@ -37,6 +38,11 @@ const _: () = assert!(std::mem::align_of::<Block>() <= 8);
 
 /// Its address keys the metatable in the Lua registry.
 static METATABLE_KEY: u8 = 0;
+
+/// Its address keys, in the Lua registry, the long string `data` pushed last: the same bytes
+/// delivered to many processes of a worker become one Lua string (the raw counterpart of
+/// `convert::lua_string`'s cache).
+static LAST_STRING_KEY: u8 = 0;
 
 fn metatable_key() -> *const c_void {
     std::ptr::addr_of!(METATABLE_KEY).cast()
@@ -256,6 +262,8 @@ unsafe extern "C-unwind" fn data(state: *mut ffi::lua_State) -> c_int {
         Some(Value::Bool(b)) => ffi::lua_pushboolean(state, *b as c_int),
         Some(Value::Int(i)) => ffi::lua_pushinteger(state, *i),
         Some(Value::Float(f)) => ffi::lua_pushnumber(state, *f),
+        // Only a borrow of the message is held here, so the allocation may raise.
+        Some(Value::Str(b)) if ffi::lua_checkstack(state, 3) != 0 => push_string(state, b),
         Some(other) => {
             return push_made(state, |lua| {
                 Ok(vec![convert::to_lua(lua, other)?, mlua::Value::Nil])
@@ -264,6 +272,31 @@ unsafe extern "C-unwind" fn data(state: *mut ffi::lua_State) -> c_int {
     }
     ffi::lua_pushnil(state);
     2
+}
+
+/// Pushes `b` as a Lua string. A long one equal to the string this state pushed last is that
+/// string again; equal content makes sharing it invisible, whichever state made it.
+///
+/// # Safety
+/// Three free stack slots; may raise a memory error, so the caller holds nothing with a
+/// destructor.
+unsafe fn push_string(state: *mut ffi::lua_State, b: &[u8]) {
+    if b.len() < convert::SHARE_MIN {
+        ffi::lua_pushlstring(state, b.as_ptr().cast(), b.len());
+        return;
+    }
+    let key = std::ptr::addr_of!(LAST_STRING_KEY).cast::<c_void>();
+    if ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, key) == ffi::LUA_TSTRING {
+        let mut len = 0usize;
+        let ptr = ffi::lua_tolstring(state, -1, &mut len);
+        if std::slice::from_raw_parts(ptr.cast::<u8>(), len) == b {
+            return;
+        }
+    }
+    ffi::lua_pop(state, 1);
+    ffi::lua_pushlstring(state, b.as_ptr().cast(), b.len());
+    ffi::lua_pushvalue(state, -1);
+    ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, key);
 }
 
 unsafe extern "C-unwind" fn get_format(state: *mut ffi::lua_State) -> c_int {
@@ -329,6 +362,33 @@ mod tests {
         assert_eq!(v.to_string().unwrap(), "2 a 2 a");
         let v = run(&lua, message(vec![]), "return tostring((...):payload())");
         assert_eq!(v.to_string().unwrap(), "nil");
+    }
+
+    #[test]
+    fn string_payloads_arrive_whole_short_long_repeated_and_in_another_state() {
+        let long_a = bytes::Bytes::from(vec![b'a'; 300]);
+        let mut b = vec![b'a'; 300];
+        b[299] = b'b';
+        let long_b = bytes::Bytes::from(b);
+        let check = |lua: &Lua, v: &bytes::Bytes| {
+            let got = run(
+                lua,
+                message(vec![Value::Str(v.clone())]),
+                "return (...):data()",
+            );
+            assert_eq!(got.as_string().unwrap().as_bytes()[..], v[..]);
+        };
+        let lua = Lua::new();
+        for v in [&long_a, &long_a, &long_b, &long_a] {
+            check(&lua, v);
+        }
+        check(&lua, &bytes::Bytes::from_static(b"short \0 string"));
+        check(&lua, &bytes::Bytes::new());
+        // A second state on the same thread keeps its own last string.
+        let other = Lua::new();
+        check(&other, &long_b);
+        check(&lua, &long_a);
+        check(&other, &long_b);
     }
 
     #[test]
