@@ -1,9 +1,11 @@
 //! Helpers for the C functions of `message.rs`, `fast_send.rs` and `fast_receive.rs`: getting
-//! values made through mlua onto a C function's stack, and a fast path in front of an mlua
-//! binding (`fronting`, `call_upvalue`).
+//! values made through mlua onto a C function's stack, a fast path in front of an mlua
+//! binding (`fronting`, `call_upvalue`), and reading an mlua value on the raw stack
+//! (`read_pushed`).
 //!
-//! Audit: both may raise a Lua error (`longjmp`), so their callers must hold nothing with a
-//! destructor when they call them; `push_made` drops what it made before it raises.
+//! Audit: `push_made` and `call_upvalue` may raise a Lua error (`longjmp`), so their callers
+//! must hold nothing with a destructor when they call them; `push_made` drops what it made
+//! before it raises. `read_pushed` never raises: it checks stack space and restores the height.
 #![allow(unsafe_code)]
 
 use mlua::{ffi, Function, Lua};
@@ -83,4 +85,31 @@ pub unsafe fn call_upvalue(state: *mut ffi::lua_State) -> c_int {
     ffi::lua_rotate(state, 1, 1);
     ffi::lua_call(state, nargs, ffi::LUA_MULTRET);
     ffi::lua_gettop(state)
+}
+
+/// Pushes `v` onto the current stack of `lua` and runs `read` on it (`v` on top, `extra` more
+/// slots free); the stack height is restored after. `None` when there is no stack room.
+///
+/// # Safety
+/// `read` must not raise a Lua error.
+pub unsafe fn read_pushed<R>(
+    lua: &Lua,
+    v: &mlua::Value,
+    extra: c_int,
+    read: impl FnOnce(*mut ffi::lua_State) -> Option<R>,
+) -> Option<R> {
+    lua.exec_raw_lua(|raw| {
+        let state = raw.state();
+        // `push_value` takes two slots.
+        if ffi::lua_checkstack(state, 2 + extra) == 0 {
+            return None;
+        }
+        let height = ffi::lua_gettop(state);
+        let read = match raw.push_value(v) {
+            Ok(()) => read(state),
+            Err(_) => None,
+        };
+        ffi::lua_settop(state, height);
+        read
+    })
 }

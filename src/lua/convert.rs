@@ -78,43 +78,17 @@ fn cached_record(t: &mlua::Table) -> Option<Arc<Table>> {
     })
 }
 
-/// `table` as a shared copy: the remembered record when `table` holds exactly its entries
-/// (the same check as `same_record`, for a table read off the stack by `fast_send.rs`).
-pub fn share_record(table: Table) -> Arc<Table> {
-    let same = |record: &Arc<Table>| {
-        record.array.is_empty()
-            && table.array.is_empty()
-            && record.map.len() == table.map.len()
-            && record
-                .map
-                .iter()
-                .zip(&table.map)
-                .all(|((rk, rv), (k, v))| owned_scalar_eq(rk, k) && owned_scalar_eq(rv, v))
-    };
-    if let Some(record) =
-        LAST_RECORD.with(|last| last.borrow().as_ref().filter(|r| same(r)).cloned())
-    {
-        return record;
-    }
+/// `table` as a shared copy, remembered when it is a record (`raw_copy.rs` has already found
+/// it unequal to the remembered one).
+pub fn remember_copy(table: Table) -> Arc<Table> {
     let table = Arc::new(table);
     remember_record(&table);
     table
 }
 
-/// The record the last copy remembered (see `RECORD_MAX`).
-pub(crate) fn last_record() -> Option<Arc<Table>> {
-    LAST_RECORD.with(|last| last.borrow().clone())
-}
-
-/// `scalar_eq` for two owned scalars.
-fn owned_scalar_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Str(x), Value::Str(y)) => x == y,
-        (Value::Int(x), Value::Int(y)) => x == y,
-        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
-        (Value::Bool(x), Value::Bool(y)) => x == y,
-        _ => false,
-    }
+/// The remembered record (see `RECORD_MAX`) when `matches` accepts it.
+pub(crate) fn last_record_if(matches: impl FnOnce(&Table) -> bool) -> Option<Arc<Table>> {
+    LAST_RECORD.with(|last| last.borrow().as_ref().filter(|r| matches(r)).cloned())
 }
 
 fn remember_record(table: &Arc<Table>) {

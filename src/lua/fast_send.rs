@@ -2,10 +2,9 @@
 //! string topic and payloads that `raw_copy.rs` copies (nil, booleans, numbers, strings, and
 //! tables of those, such as the tutorial's `{type = "text", data = data}`). Everything else (an
 //! error object, a function, a pid that is not a string, any check that fails) is answered by
-//! the mlua
-//! binding (`modules::process::send`), which this closure holds as upvalue 1 and calls with
-//! the same arguments; every check is free of side effects, so the binding answers exactly as
-//! if it had been called directly.
+//! the mlua binding (`modules::process::send`), which this closure holds as upvalue 1 and calls
+//! with the same arguments; every check is free of side effects, so the binding answers exactly
+//! as if it had been called directly.
 //!
 //! Why: `process.send` is half the mlua callbacks of a message round trip, and mlua's
 //! callback frame plus its argument references cost more than the send itself.
@@ -14,9 +13,8 @@
 //! `lua_tolstring` on values that are strings already, and `raw_copy::value_at`, which keeps
 //! to the same rule and restores the stack), so no `longjmp` can skip its Rust values; it
 //! reads the destination and topic in place only while they are arguments on this call's
-//! stack. A panic is caught and
-//! raised as a Lua error once every Rust value is dropped. The fallback's `lua_call` runs after
-//! the fast path has dropped everything it made.
+//! stack. A panic is caught and raised as a Lua error once every Rust value is dropped. The
+//! fallback's `lua_call` runs after the fast path has dropped everything it made.
 #![allow(unsafe_code)]
 
 use crate::lua::{context, raw_copy};

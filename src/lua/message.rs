@@ -141,28 +141,20 @@ pub fn single_payload(lua: &Lua, v: &mlua::Value) -> Option<Value> {
     let mlua::Value::UserData(_) = v else {
         return None;
     };
-    // SAFETY: pushes `v` (2 slots checked), compares its metatable with the registry's without
-    // allocating, reads the block only when the metatable is ours, and restores the stack.
-    lua.exec_raw_lua(|raw| unsafe {
-        let state = raw.state();
-        if ffi::lua_checkstack(state, 4) == 0 {
-            return None;
-        }
-        let height = ffi::lua_gettop(state);
-        raw.push_value(v).ok()?;
-        let block = message_block(state, -1, || {
-            ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, metatable_key());
-        });
-        let found = block.and_then(|b| {
-            let message: &Message = &(*b).message;
+    // SAFETY: compares the metatable of `v` with the registry's without allocating (two more
+    // slots) and reads the block only when the metatable is ours; nothing here raises.
+    unsafe {
+        crate::lua::c_function::read_pushed(lua, v, 2, |state| {
+            let block = message_block(state, -1, || {
+                ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, metatable_key());
+            })?;
+            let message: &Message = &(*block).message;
             match message.payloads.as_slice() {
                 [only] => Some(only.clone()),
                 _ => None,
             }
-        });
-        ffi::lua_settop(state, height);
-        found
-    })
+        })
+    }
 }
 
 /// The live block at `idx` if its metatable is the one `push_reference` pushes.

@@ -99,17 +99,23 @@ fn signal_number() -> libc::c_int {
 
 extern "C" fn on_signal(_: libc::c_int) {
     let state = RUNNING.with(|r| r.load(Ordering::Relaxed));
-    let hook = HOOK.load(Ordering::Relaxed);
-    if state.is_null() || hook == 0 {
+    let Some(hook) = global_hook() else {
+        return;
+    };
+    if state.is_null() {
         return;
     }
     ARMED.with(|a| a.store(true, Ordering::Relaxed));
-    // SAFETY: `hook` was read from `lua_gethook` (a `lua_Hook`); `state` is the live body this
-    // thread was resuming when interrupted (see the module audit).
-    unsafe {
-        let hook: ffi::lua_Hook = std::mem::transmute::<usize, ffi::lua_Hook>(hook);
-        ffi::lua_sethook(state, Some(hook), ffi::LUA_MASKCOUNT, 1);
-    }
+    // SAFETY: `state` is the live body this thread was resuming when interrupted (see the
+    // module audit).
+    unsafe { ffi::lua_sethook(state, Some(hook), ffi::LUA_MASKCOUNT, 1) };
+}
+
+/// The procedure `remember_hook` recorded, once a worker has started.
+fn global_hook() -> Option<ffi::lua_Hook> {
+    let hook = HOOK.load(Ordering::Relaxed);
+    // SAFETY: a non-zero `HOOK` was stored from a `lua_Hook` (see `remember_hook`).
+    (hook != 0).then(|| unsafe { std::mem::transmute::<usize, ffi::lua_Hook>(hook) })
 }
 
 fn start_watchdog() {
@@ -160,15 +166,11 @@ pub fn remember_hook(thread: &mlua::Thread) {
 /// Gives a script's own coroutine the periodic hook: the watchdog arms only bodies, and a
 /// coroutine created inside a body inherits the body's (absent) hook.
 pub fn hook_every(thread: &mlua::Thread) {
-    let hook = HOOK.load(Ordering::Relaxed);
-    if hook == 0 {
+    let Some(hook) = global_hook() else {
         return;
-    }
-    // SAFETY: as in `on_signal`, on a live thread of this worker's state.
-    unsafe {
-        let hook: ffi::lua_Hook = std::mem::transmute::<usize, ffi::lua_Hook>(hook);
-        ffi::lua_sethook(thread.state(), Some(hook), ffi::LUA_MASKCOUNT, HOOK_EVERY);
-    }
+    };
+    // SAFETY: a live thread of this worker's state.
+    unsafe { ffi::lua_sethook(thread.state(), Some(hook), ffi::LUA_MASKCOUNT, HOOK_EVERY) };
 }
 
 /// Called by the hook when it fires: a body the watchdog armed (count 1) goes back to the

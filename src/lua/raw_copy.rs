@@ -5,8 +5,8 @@
 //! Why: through mlua's API every table entry becomes two value references that are created
 //! and dropped again; callgrind put a small actor's metadata table (five entries) at ~23,000
 //! instructions, against a few hundred here. The copy is the same value: sequence part, then
-//! the other pairs in `next` order, equal records shared (`convert::share_record`), long
-//! strings copied once (`convert::string_bytes_at`). Anything else in the value (userdata such
+//! the other pairs in `next` order, a table equal to the remembered record shared
+//! (`holds_exactly`), long strings copied once (`convert::string_bytes_at`). Anything else in the value (userdata such
 //! as error objects, functions, threads, a cycle, nesting past `MAX_DEPTH`) makes it answer
 //! `None`, and the caller runs the general copy, which also words every error.
 //!
@@ -18,24 +18,15 @@
 //! stack height on every path.
 #![allow(unsafe_code)]
 
-use crate::lua::convert::{last_record, share_record, string_bytes_at, MAX_DEPTH};
+use crate::lua::convert::{last_record_if, remember_copy, string_bytes_at, MAX_DEPTH};
 use crate::process::value::{Table, Value};
 use mlua::{ffi, Lua};
 use std::ffi::{c_int, c_void};
 
 /// `v` copied, or `None` when the general copy must answer (see the module notes).
 pub fn from_lua(lua: &Lua, v: &mlua::Value) -> Option<Value> {
-    lua.exec_raw_lua(|raw| unsafe {
-        let state = raw.state();
-        if ffi::lua_checkstack(state, 3) == 0 {
-            return None;
-        }
-        let top = ffi::lua_gettop(state);
-        raw.push_value(v).ok()?;
-        let copied = value_at(state, -1);
-        ffi::lua_settop(state, top);
-        copied
-    })
+    // SAFETY: `value_at` neither raises nor leaves anything on the stack.
+    unsafe { crate::lua::c_function::read_pushed(lua, v, 1, |state| value_at(state, -1)) }
 }
 
 /// The value at stack index `idx`, copied as `from_lua` copies it.
@@ -81,17 +72,16 @@ unsafe fn copy_at(
             let b = bytes_at(state, idx)?;
             Value::Str(string_bytes_at(b, ffi::lua_topointer(state, idx) as usize))
         }
-        ffi::LUA_TTABLE => match last_record() {
-            Some(record) if holds_exactly(state, idx, &record) => Value::Table(record),
-            _ => Value::Table(share_record(copy_table(state, idx, open)?)),
+        ffi::LUA_TTABLE => match last_record_if(|record| holds_exactly(state, idx, record)) {
+            Some(record) => Value::Table(record),
+            None => Value::Table(remember_copy(copy_table(state, idx, open)?)),
         },
         _ => return None,
     })
 }
 
-/// Whether the table at `idx` holds exactly `record`'s entries, in `next` order (what
-/// `share_record` would find after a copy), read without copying anything. Leaves the stack as
-/// it was.
+/// Whether the table at `idx` holds exactly `record`'s entries, in `next` order (so its copy
+/// would equal the record), read without copying anything. Leaves the stack as it was.
 unsafe fn holds_exactly(state: *mut ffi::lua_State, idx: c_int, record: &Table) -> bool {
     if !record.array.is_empty()
         || ffi::lua_rawlen(state, idx) != 0
@@ -216,7 +206,7 @@ mod tests {
             "return { f = print }",
             "return { co = coroutine.create(print) }",
             "local t = {} t.self = t return t",
-            "return { nested = { io = io and io.stdout or newproxy and newproxy() or print } }",
+            "return { nested = { file = io.stdout } }",
         ] {
             let v: mlua::Value = lua.load(src).eval().unwrap();
             assert_eq!(from_lua(&lua, &v), None, "{src}");
