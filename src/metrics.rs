@@ -338,8 +338,8 @@ mod tests {
     #[test]
     fn process_figures_come_from_the_table() {
         let table = ProcessTable::default();
-        let a = table.register(Arc::from("h"), Arc::from("e"));
-        table.register(Arc::from("h"), Arc::from("e"));
+        let a = table.register("h", Arc::from("e"));
+        table.register("h", Arc::from("e"));
         table.exit(
             &a.pid,
             crate::process::pid::ExitResult::Value(crate::process::value::Value::Nil),

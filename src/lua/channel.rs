@@ -378,8 +378,8 @@ pub fn item_to_lua(lua: &Lua, item: Item) -> mlua::Result<mlua::Value> {
     }
 }
 
-/// `ch:receive()` as a synchronous wait (see `wait.rs`), built once per Lua state when the
-/// `Channel` type is registered.
+/// `ch:receive()` as a synchronous wait (see `wait.rs`; a process's own channels wait in
+/// `fast_receive::receive`), built once per Lua state when the `Channel` type is registered.
 struct ReceiveFn;
 
 impl mlua::IntoLua for ReceiveFn {
@@ -392,7 +392,10 @@ impl mlua::IntoLua for ReceiveFn {
                 None => Ok((mlua::Value::Nil, false)),
             }
         })?;
-        Ok(mlua::Value::Function(wait::wait_loop(lua, try_fn, slow)?))
+        let wait_loop = wait::wait_loop(lua, try_fn, slow)?;
+        Ok(mlua::Value::Function(
+            crate::lua::fast_receive::receive_function(lua, wait_loop)?,
+        ))
     }
 }
 

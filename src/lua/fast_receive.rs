@@ -1,7 +1,11 @@
-//! The receive try of a process's own `inbox` and `events` channels without mlua's callback
-//! frame. `channel.rs`'s wait loop calls the try once before a wait and once after it, so a
-//! message that had to be waited for costs two tries; through mlua each was a callback frame
-//! and a typed borrow of the channel userdata.
+//! The receive of a process's own `inbox` and `events` channels without mlua's callback frame,
+//! and without the Lua wait loop (`wait.rs`).
+//!
+//! - `receive` is `ch:receive()` itself: a C function that tries, and when nothing is there
+//!   yields the pending marker with `lua_yieldk`; Lua calls its continuation when the process
+//!   is resumed, and it tries again. The Lua wait loop cost a Lua frame with varargs, two calls
+//!   of the try and a call of `coroutine.yield` per message waited for.
+//! - The try (`try_receive`) is what the Lua wait loop calls for every other channel.
 //!
 //! A channel userdata made by `process.inbox()`/`process.events()` is entered in a per-worker
 //! table by its address, with its core. The try looks its argument up there; anything not in
@@ -9,6 +13,10 @@
 //! called with the same arguments.
 //!
 //! Audit:
+//! - `receive` yields (a `longjmp` out of its frame) only after dropping every Rust value, and
+//!   hands anything it cannot do itself (another channel, a rendezvous, a wrong argument, the
+//!   async fallback) to the Lua wait loop in its upvalue 1 with `lua_callk`, so that may yield
+//!   too; the continuations only return what is on the stack.
 //! - An entry exists only while its userdata is alive: the process context holds the userdata
 //!   in the Lua registry and removes the entry before it releases that key
 //!   (`impl Drop for ProcCtx`), so an address in the table is never a freed or reused block.
@@ -58,6 +66,102 @@ pub fn entered() -> usize {
 /// The try function: the fast path in front of `full` (the mlua try).
 pub fn create(lua: &Lua, full: Function) -> mlua::Result<Function> {
     crate::lua::c_function::fronting(lua, full, try_receive)
+}
+
+/// `ch:receive()`: the fast wait in front of `wait_loop` (the Lua wait loop over the tries).
+pub fn receive_function(lua: &Lua, wait_loop: Function) -> mlua::Result<Function> {
+    crate::lua::c_function::fronting(lua, wait_loop, receive)
+}
+
+unsafe extern "C-unwind" fn receive(state: *mut ffi::lua_State) -> c_int {
+    let nargs = ffi::lua_gettop(state);
+    receive_again(state, ffi::LUA_OK, nargs as ffi::lua_KContext)
+}
+
+/// One receive try; `nargs` (the context) is how many arguments the call had. Resumed after a
+/// wait, anything above them is what the resume passed: only mlua's terminate signal passes a
+/// value (the task was dropped while waiting), and then the script must never run again.
+unsafe extern "C-unwind" fn receive_again(
+    state: *mut ffi::lua_State,
+    status: c_int,
+    nargs: ffi::lua_KContext,
+) -> c_int {
+    let nargs = nargs as c_int;
+    if status == ffi::LUA_YIELD && ffi::lua_gettop(state) > nargs {
+        return stay_suspended(state, ffi::LUA_YIELD, 0);
+    }
+    let core = if ffi::lua_type(state, 1) == ffi::LUA_TUSERDATA {
+        let key = ffi::lua_topointer(state, 1) as usize;
+        FAST.with(|f| f.borrow().get(&key).cloned())
+    } else {
+        None
+    };
+    let Some(core) = core else {
+        return call_wait_loop(state, nargs);
+    };
+    let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_receive_from(&core)));
+    drop(core);
+    match tried {
+        Ok(Tried::Item(item)) => {
+            let item = match item {
+                Item::Message(m) => match crate::lua::message::push(state, m) {
+                    Ok(()) => {
+                        ffi::lua_pushboolean(state, 1);
+                        return 2;
+                    }
+                    Err(m) => Item::Message(m),
+                },
+                other => other,
+            };
+            push_made(state, move |lua| {
+                Ok(vec![item_to_lua(lua, item)?, mlua::Value::Boolean(true)])
+            })
+        }
+        Ok(Tried::Closed) => {
+            ffi::lua_pushnil(state);
+            ffi::lua_pushboolean(state, 0);
+            2
+        }
+        Ok(Tried::Wait) => {
+            // The waker is registered: yield as an mlua async call does when it waits.
+            ffi::lua_settop(state, nargs);
+            ffi::lua_pushlightuserdata(state, mlua::Lua::poll_pending().0);
+            ffi::lua_yieldk(state, 1, nargs as ffi::lua_KContext, Some(receive_again))
+        }
+        Ok(Tried::Slow) => call_wait_loop(state, nargs),
+        Err(_) => {
+            ffi::lua_pushstring(state, c"internal error: receive panicked".as_ptr());
+            ffi::lua_error(state)
+        }
+    }
+}
+
+/// Yields with nothing, again each time it is resumed.
+unsafe extern "C-unwind" fn stay_suspended(
+    state: *mut ffi::lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    ffi::lua_settop(state, 0);
+    ffi::lua_yieldk(state, 0, 0, Some(stay_suspended))
+}
+
+/// Calls the Lua wait loop (upvalue 1) with this call's `nargs` arguments and returns all it
+/// returns; it may wait (yield) on the way.
+unsafe fn call_wait_loop(state: *mut ffi::lua_State, nargs: c_int) -> c_int {
+    ffi::lua_settop(state, nargs);
+    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+    ffi::lua_rotate(state, 1, 1);
+    ffi::lua_callk(state, nargs, ffi::LUA_MULTRET, 0, Some(return_all));
+    ffi::lua_gettop(state)
+}
+
+unsafe extern "C-unwind" fn return_all(
+    state: *mut ffi::lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    ffi::lua_gettop(state)
 }
 
 unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {

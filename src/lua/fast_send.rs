@@ -58,7 +58,8 @@ unsafe fn str_arg<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a str>
 
 unsafe fn try_send(state: *mut ffi::lua_State) -> Fast {
     let nargs = ffi::lua_gettop(state);
-    let (Some(dest), Some(topic)) = (str_arg(state, 1), str_arg(state, 2)) else {
+    // The destination stays bytes: a pid's id is read without a UTF-8 check of the whole text.
+    let (Some(dest), Some(topic)) = (raw_copy::bytes_at(state, 1), str_arg(state, 2)) else {
         return Fast::Full;
     };
     let mut values = Vec::with_capacity(nargs.saturating_sub(2) as usize);

@@ -19,7 +19,7 @@ pub async fn call_handler(
 ) -> ExitResult {
     let proc = node
         .procs
-        .register(Arc::from("http"), Arc::from(code.entry.to_string()));
+        .register("http", Arc::from(code.entry.to_string()));
     let pid = proc.pid.clone();
     let ctx = ProcCtx::new(node.clone(), proc, code, security, Some(frame));
     struct Release<'a>(&'a Node, crate::process::pid::Pid);

@@ -7,11 +7,21 @@
 //! that checks its `self` against the metatable it holds as an upvalue and reads the message in
 //! place.
 //!
+//! Two kinds of object, each with its own metatable (the methods accept both):
+//! - plain: a message with at most one payload that is nil, a boolean, a number or a string,
+//!   from a runtime pid (nearly every message). Its block holds only plain data (`Plain`); the
+//!   topic and a string payload are Lua strings in its user values, so it needs no finalizer.
+//!   Lua runs finalizers one by one in protected calls: a `__gc` per message was a tenth of
+//!   the instructions of a delivery.
+//! - owned: any other message, kept whole in the block and dropped by `__gc`.
+//!
 //! Audit:
-//! - The userdata block holds a `Block`: a `live` flag and the `Message`, written once when the
+//! - An owned block holds a `Block`: a `live` flag and the `Message`, written once when the
 //!   object is made and dropped once by `__gc`, which clears `live`. Every method refuses a block
-//!   that is not live (a script's own finalizer may still reach a collected message).
-//! - The metatable is hidden (`__metatable`), so no script can call `__gc` itself or swap it.
+//!   that is not live (a script's own finalizer may still reach a collected message). A plain
+//!   block holds a `Plain` (`Copy`, nothing to drop), written once; with no `__gc` it is never
+//!   freed while anything can reach it.
+//! - The metatables are hidden (`__metatable`), so no script can call `__gc` itself or swap them.
 //! - Lua may raise (a `longjmp`) only where the frames it skips hold no value with a destructor:
 //!   allocations done while a Rust value is owned go through mlua (protected when mlua thinks a
 //!   memory error possible) or through `lua.exec_raw`, which is a protected call; raw calls that
@@ -22,7 +32,7 @@
 
 use crate::lua::c_function::push_made;
 use crate::lua::convert;
-use crate::process::pid::Message;
+use crate::process::pid::{Message, Pid};
 use crate::process::value::Value;
 use mlua::{ffi, Lua};
 use std::ffi::{c_int, c_void};
@@ -33,11 +43,57 @@ struct Block {
     message: ManuallyDrop<Message>,
 }
 
+/// A plain message: everything but its topic (user value 1) and a string payload (user value 2).
+#[derive(Clone, Copy)]
+struct Plain {
+    /// The sender's id and interned host label.
+    from: Option<(u64, &'static str)>,
+    data: Scalar,
+}
+
+#[derive(Clone, Copy)]
+enum Scalar {
+    /// No payload at all.
+    Absent,
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// A string payload, in user value 2.
+    Str,
+}
+
+/// The user value slots of a plain block.
+const TOPIC_SLOT: c_int = 1;
+const STRING_SLOT: c_int = 2;
+
+impl Plain {
+    /// `m` as a plain message, if it is one.
+    fn of(m: &Message) -> Option<Plain> {
+        let from = match &m.from {
+            None => None,
+            Some(pid) => Some((pid.id(), pid.interned_host()?)),
+        };
+        let data = match m.payloads.as_slice() {
+            [] => Scalar::Absent,
+            [Value::Nil] => Scalar::Nil,
+            [Value::Bool(b)] => Scalar::Bool(*b),
+            [Value::Int(i)] => Scalar::Int(*i),
+            [Value::Float(f)] => Scalar::Float(*f),
+            [Value::Str(_)] => Scalar::Str,
+            _ => return None,
+        };
+        Some(Plain { from, data })
+    }
+}
+
 // Lua aligns userdata blocks to 8 bytes (`LUAI_MAXALIGN` on this platform).
 const _: () = assert!(std::mem::align_of::<Block>() <= 8);
+const _: () = assert!(std::mem::align_of::<Plain>() <= 8);
 
-/// Its address keys the metatable in the Lua registry.
+/// Their addresses key the two metatables in the Lua registry.
 static METATABLE_KEY: u8 = 0;
+static PLAIN_METATABLE_KEY: u8 = 0;
 
 /// Its address keys, in the Lua registry, the long string `data` pushed last: the same bytes
 /// delivered to many processes of a worker become one Lua string (the raw counterpart of
@@ -46,6 +102,10 @@ static LAST_STRING_KEY: u8 = 0;
 
 fn metatable_key() -> *const c_void {
     std::ptr::addr_of!(METATABLE_KEY).cast()
+}
+
+fn plain_metatable_key() -> *const c_void {
+    std::ptr::addr_of!(PLAIN_METATABLE_KEY).cast()
 }
 
 type Method = unsafe extern "C-unwind" fn(*mut ffi::lua_State) -> c_int;
@@ -58,35 +118,80 @@ const METHODS: [(&std::ffi::CStr, Method); 5] = [
     (c"get_format", get_format),
 ];
 
-/// Pushes the message metatable, building it on first use in this state. Protected context.
-unsafe fn push_metatable(state: *mut ffi::lua_State) {
-    ffi::luaL_checkstack(state, 6, std::ptr::null());
-    if ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, metatable_key()) == ffi::LUA_TTABLE {
+/// Pushes the metatable of owned (`plain` false) or plain messages, building both on first use
+/// in this state. Protected context.
+unsafe fn push_metatable(state: *mut ffi::lua_State, plain: bool) {
+    ffi::luaL_checkstack(state, 8, std::ptr::null());
+    let key = if plain {
+        plain_metatable_key()
+    } else {
+        metatable_key()
+    };
+    if ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, key) == ffi::LUA_TTABLE {
         return;
     }
     ffi::lua_pop(state, 1);
+    // [owned, plain, methods]; every method holds both metatables (upvalues 1 and 2).
     ffi::lua_createtable(state, 0, 4);
+    ffi::lua_createtable(state, 0, 3);
     ffi::lua_createtable(state, 0, METHODS.len() as c_int);
     for (name, method) in METHODS {
-        ffi::lua_pushvalue(state, -2);
-        ffi::lua_pushcclosure(state, method, 1);
+        ffi::lua_pushvalue(state, -3);
+        ffi::lua_pushvalue(state, -3);
+        ffi::lua_pushcclosure(state, method, 2);
         ffi::lua_setfield(state, -2, name.as_ptr());
     }
-    ffi::lua_setfield(state, -2, c"__index".as_ptr());
+    for mt in [-3, -2] {
+        ffi::lua_pushvalue(state, -1);
+        ffi::lua_setfield(state, mt - 1, c"__index".as_ptr());
+        ffi::lua_pushboolean(state, 0);
+        ffi::lua_setfield(state, mt - 1, c"__metatable".as_ptr());
+        ffi::lua_pushstring(state, c"Message".as_ptr());
+        ffi::lua_setfield(state, mt - 1, c"__name".as_ptr());
+    }
+    ffi::lua_pop(state, 1);
     ffi::lua_pushcfunction(state, collect);
-    ffi::lua_setfield(state, -2, c"__gc".as_ptr());
-    ffi::lua_pushboolean(state, 0);
-    ffi::lua_setfield(state, -2, c"__metatable".as_ptr());
-    ffi::lua_pushstring(state, c"Message".as_ptr());
-    ffi::lua_setfield(state, -2, c"__name".as_ptr());
+    ffi::lua_setfield(state, -3, c"__gc".as_ptr());
     ffi::lua_pushvalue(state, -1);
+    ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, plain_metatable_key());
+    ffi::lua_pushvalue(state, -2);
     ffi::lua_rawsetp(state, ffi::LUA_REGISTRYINDEX, metatable_key());
+    // Leave the one asked for.
+    if plain {
+        ffi::lua_remove(state, -2);
+    } else {
+        ffi::lua_pop(state, 1);
+    }
 }
 
-/// Pushes a new message object onto `state`, moving the message out of `slot` once its block
-/// exists. The caller holds nothing with a destructor but `slot`'s target, which stays where it
-/// is if Lua raises before the move (out of memory), so that it drops normally.
+/// Pushes a new message object onto `state`. A plain message is read in place and dropped once
+/// its object is complete; any other is moved out of `slot` once its block exists. The caller
+/// holds nothing with a destructor but `slot`'s target, which stays where it is if Lua raises
+/// before then (out of memory), so that it drops normally.
 unsafe fn make(state: *mut ffi::lua_State, slot: *mut Option<Message>) {
+    let Some(message) = (*slot).as_ref() else {
+        return ffi::lua_pushnil(state);
+    };
+    if let Some(plain) = Plain::of(message) {
+        let slots = if matches!(plain.data, Scalar::Str) {
+            2
+        } else {
+            1
+        };
+        let block = ffi::lua_newuserdatauv(state, std::mem::size_of::<Plain>(), slots);
+        block.cast::<Plain>().write(plain);
+        let topic: &str = &message.topic;
+        ffi::lua_pushlstring(state, topic.as_ptr().cast(), topic.len());
+        ffi::lua_setiuservalue(state, -2, TOPIC_SLOT);
+        if let [Value::Str(b)] = message.payloads.as_slice() {
+            push_string(state, b);
+            ffi::lua_setiuservalue(state, -2, STRING_SLOT);
+        }
+        push_metatable(state, true);
+        ffi::lua_setmetatable(state, -2);
+        drop((*slot).take());
+        return;
+    }
     let block = ffi::lua_newuserdatauv(state, std::mem::size_of::<Block>(), 0);
     if let Some(message) = (*slot).take() {
         block.cast::<Block>().write(Block {
@@ -94,7 +199,7 @@ unsafe fn make(state: *mut ffi::lua_State, slot: *mut Option<Message>) {
             message: ManuallyDrop::new(message),
         });
     }
-    push_metatable(state);
+    push_metatable(state, false);
     ffi::lua_setmetatable(state, -2);
 }
 
@@ -129,8 +234,8 @@ pub(crate) unsafe fn push(state: *mut ffi::lua_State, m: Message) -> Result<(), 
         return Err(m);
     }
     let mut slot = Some(m);
-    // A C function has LUA_MINSTACK (20) free slots; `make` uses at most 8 when it builds the
-    // metatable, 3 after that.
+    // A C function has LUA_MINSTACK (20) free slots; `make` uses at most 11 when it builds the
+    // metatables, 4 after that.
     make(state, &mut slot);
     Ok(())
 }
@@ -144,25 +249,54 @@ pub fn single_payload(lua: &Lua, v: &mlua::Value) -> Option<Value> {
     // SAFETY: compares the metatable of `v` with the registry's without allocating (two more
     // slots) and reads the block only when the metatable is ours; nothing here raises.
     unsafe {
-        crate::lua::c_function::read_pushed(lua, v, 2, |state| {
-            let block = message_block(state, -1, || {
-                ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, metatable_key());
+        crate::lua::c_function::read_pushed(lua, v, 3, |state| {
+            let received = received_at(state, -1, |plain| {
+                let key = if plain {
+                    plain_metatable_key()
+                } else {
+                    metatable_key()
+                };
+                ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, key);
             })?;
-            let message: &Message = &(*block).message;
-            match message.payloads.as_slice() {
-                [only] => Some(only.clone()),
-                _ => None,
+            match received {
+                Received::Owned(message) => match message.payloads.as_slice() {
+                    [only] => Some(only.clone()),
+                    _ => None,
+                },
+                Received::Plain(plain) => match plain.data {
+                    Scalar::Absent => None,
+                    Scalar::Nil => Some(Value::Nil),
+                    Scalar::Bool(b) => Some(Value::Bool(b)),
+                    Scalar::Int(i) => Some(Value::Int(i)),
+                    Scalar::Float(f) => Some(Value::Float(f)),
+                    Scalar::Str => {
+                        // Copied as any string argument is (a long one equal to the last
+                        // copied is shared, not copied again).
+                        ffi::lua_getiuservalue(state, -1, STRING_SLOT);
+                        let value = crate::lua::raw_copy::value_at(state, -1);
+                        ffi::lua_pop(state, 1);
+                        value
+                    }
+                },
             }
         })
     }
 }
 
-/// The live block at `idx` if its metatable is the one `push_reference` pushes.
-unsafe fn message_block(
+/// A message object's content, as its methods read it.
+enum Received<'a> {
+    Owned(&'a Message),
+    Plain(Plain),
+}
+
+/// The message at `idx` if its metatable is one of the two `push_reference(plain)` pushes (a
+/// live owned block, or a plain one). Uses two stack slots, restored. The borrow lasts while
+/// the value stays on the stack.
+unsafe fn received_at<'a>(
     state: *mut ffi::lua_State,
     idx: c_int,
-    push_reference: impl FnOnce(),
-) -> Option<*const Block> {
+    push_reference: impl Fn(bool),
+) -> Option<Received<'a>> {
     if ffi::lua_type(state, idx) != ffi::LUA_TUSERDATA {
         return None;
     }
@@ -170,21 +304,36 @@ unsafe fn message_block(
     if ffi::lua_getmetatable(state, idx) == 0 {
         return None;
     }
-    push_reference();
-    let ours = ffi::lua_rawequal(state, -1, -2) != 0;
-    ffi::lua_pop(state, 2);
-    let block = ffi::lua_touserdata(state, idx).cast::<Block>();
-    (ours && (*block).live).then_some(block as *const Block)
+    let data = ffi::lua_touserdata(state, idx);
+    let mut found = None;
+    for plain in [true, false] {
+        push_reference(plain);
+        let ours = ffi::lua_rawequal(state, -1, -2) != 0;
+        ffi::lua_pop(state, 1);
+        if ours {
+            found = Some(plain);
+            break;
+        }
+    }
+    ffi::lua_pop(state, 1);
+    match found? {
+        true => Some(Received::Plain(*data.cast::<Plain>())),
+        false => {
+            let block = data.cast::<Block>();
+            (*block)
+                .live
+                .then(|| Received::Owned(&*std::ptr::addr_of!((*block).message).cast::<Message>()))
+        }
+    }
 }
 
-/// `self` of a method call, checked against the metatable in upvalue 1.
-unsafe fn this<'a>(state: *mut ffi::lua_State) -> Option<&'a Message> {
-    // A C function has LUA_MINSTACK (20) free slots; this uses 2.
-    message_block(state, 1, || {
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+/// `self` of a method call, checked against the metatables in upvalues 1 (owned) and 2 (plain).
+unsafe fn this<'a>(state: *mut ffi::lua_State) -> Option<Received<'a>> {
+    // A C function has LUA_MINSTACK (20) free slots; this uses 2. The block outlives the call:
+    // argument 1 keeps it reachable until the method returns.
+    received_at(state, 1, |plain| {
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(if plain { 2 } else { 1 }));
     })
-    // The block outlives the call: argument 1 keeps it reachable until the method returns.
-    .map(|b| &*std::ptr::addr_of!((*b).message).cast::<Message>())
 }
 
 /// Raises "bad self" for a method called on something that is not a live message.
@@ -199,34 +348,49 @@ unsafe fn bad_self(state: *mut ffi::lua_State, method: &std::ffi::CStr) -> c_int
 }
 
 unsafe extern "C-unwind" fn topic(state: *mut ffi::lua_State) -> c_int {
-    let Some(m) = this(state) else {
-        return bad_self(state, c"topic");
-    };
-    let t: &str = &m.topic;
-    ffi::lua_pushlstring(state, t.as_ptr().cast(), t.len());
+    match this(state) {
+        Some(Received::Owned(m)) => {
+            let t: &str = &m.topic;
+            ffi::lua_pushlstring(state, t.as_ptr().cast(), t.len());
+        }
+        Some(Received::Plain(_)) => {
+            ffi::lua_getiuservalue(state, 1, TOPIC_SLOT);
+        }
+        None => return bad_self(state, c"topic"),
+    }
     1
 }
 
 unsafe extern "C-unwind" fn from(state: *mut ffi::lua_State) -> c_int {
-    let Some(m) = this(state) else {
-        return bad_self(state, c"from");
+    let pid = match this(state) {
+        Some(Received::Owned(m)) => m.from.clone(),
+        Some(Received::Plain(p)) => p.from.map(|(id, host)| Pid::new(id, host)),
+        None => return bad_self(state, c"from"),
     };
-    match &m.from {
+    match pid {
         None => {
             ffi::lua_pushnil(state);
             1
         }
-        Some(pid) => push_made(state, |lua| {
+        Some(pid) => push_made(state, move |lua| {
             Ok(vec![mlua::Value::String(
-                crate::lua::modules::process::pid_string(lua, pid)?,
+                crate::lua::modules::process::pid_string(lua, &pid)?,
             )])
         }),
     }
 }
 
 unsafe extern "C-unwind" fn payload(state: *mut ffi::lua_State) -> c_int {
-    let Some(m) = this(state) else {
-        return bad_self(state, c"payload");
+    let m = match this(state) {
+        Some(Received::Owned(m)) => m,
+        Some(Received::Plain(p)) => {
+            match p.data {
+                Scalar::Absent => ffi::lua_pushnil(state),
+                _ => ffi::lua_pushvalue(state, 1),
+            }
+            return 1;
+        }
+        None => return bad_self(state, c"payload"),
     };
     match m.payloads.as_slice() {
         [] => ffi::lua_pushnil(state),
@@ -246,8 +410,22 @@ unsafe extern "C-unwind" fn payload(state: *mut ffi::lua_State) -> c_int {
 
 /// `data, nil` as `Payload:data()` answers: a fresh copy of the first payload.
 unsafe extern "C-unwind" fn data(state: *mut ffi::lua_State) -> c_int {
-    let Some(m) = this(state) else {
-        return bad_self(state, c"data");
+    let m = match this(state) {
+        Some(Received::Owned(m)) => m,
+        Some(Received::Plain(p)) => {
+            match p.data {
+                Scalar::Absent | Scalar::Nil => ffi::lua_pushnil(state),
+                Scalar::Bool(b) => ffi::lua_pushboolean(state, b as c_int),
+                Scalar::Int(i) => ffi::lua_pushinteger(state, i),
+                Scalar::Float(f) => ffi::lua_pushnumber(state, f),
+                Scalar::Str => {
+                    ffi::lua_getiuservalue(state, 1, STRING_SLOT);
+                }
+            }
+            ffi::lua_pushnil(state);
+            return 2;
+        }
+        None => return bad_self(state, c"data"),
     };
     match m.payloads.first() {
         None | Some(Value::Nil) => ffi::lua_pushnil(state),
@@ -402,16 +580,82 @@ mod tests {
     }
 
     #[test]
+    fn plain_messages_answer_like_owned_ones() {
+        let lua = Lua::new();
+        let host = crate::process::pid::intern_label("test:plain");
+        let from = |payloads| Message {
+            from: Some(Pid::new(9, host)),
+            ..message(payloads)
+        };
+        let script = "local m = ... local d, err = m:data()
+             return table.concat({m:topic(), m:from(), type(d), tostring(d), tostring(err),
+                 tostring(rawequal(m:payload(), m)), m:get_format()}, ' ')";
+        let cases = [
+            (vec![], "greet {test:plain|9} nil nil nil false lua"),
+            (
+                vec![Value::Nil],
+                "greet {test:plain|9} nil nil nil true lua",
+            ),
+            (
+                vec![Value::Bool(true)],
+                "greet {test:plain|9} boolean true nil true lua",
+            ),
+            (
+                vec![Value::Int(-3)],
+                "greet {test:plain|9} number -3 nil true lua",
+            ),
+            (
+                vec![Value::Float(0.5)],
+                "greet {test:plain|9} number 0.5 nil true lua",
+            ),
+            (
+                vec![Value::Str("hi".into())],
+                "greet {test:plain|9} string hi nil true lua",
+            ),
+        ];
+        for (payloads, want) in cases {
+            let v = run(&lua, from(payloads), script);
+            assert_eq!(v.to_string().unwrap(), want);
+        }
+        // A sender whose pid is not interned (not one the runtime made) takes the owned form,
+        // with the same answers.
+        let owned = Message {
+            from: Some(Pid::parsed(4, "gone")),
+            ..message(vec![Value::Int(1)])
+        };
+        let v = run(
+            &lua,
+            owned,
+            "local m = ... return m:from() .. ' ' .. m:data()",
+        );
+        assert_eq!(v.to_string().unwrap(), "{gone|4} 1");
+    }
+
+    #[test]
     fn forwarding_finds_the_single_payload_and_collection_drops_the_message() {
         let lua = Lua::new();
-        let shared = bytes::Bytes::from(vec![b'x'; 100]);
-        let msg = to_lua(&lua, message(vec![Value::Str(shared.clone())])).unwrap();
-        assert_eq!(single_payload(&lua, &msg), Some(Value::Str(shared.clone())));
+        let text = bytes::Bytes::from(vec![b'x'; 100]);
+        let plain = to_lua(&lua, message(vec![Value::Str(text.clone())])).unwrap();
+        assert_eq!(single_payload(&lua, &plain), Some(Value::Str(text.clone())));
+        let int = to_lua(&lua, message(vec![Value::Int(5)])).unwrap();
+        assert_eq!(single_payload(&lua, &int), Some(Value::Int(5)));
+        let none = to_lua(&lua, message(vec![])).unwrap();
+        assert_eq!(single_payload(&lua, &none), None);
         let t = mlua::Value::Table(lua.create_table().unwrap());
         assert_eq!(single_payload(&lua, &t), None);
         let two = to_lua(&lua, message(vec![Value::Int(1), Value::Int(2)])).unwrap();
         assert_eq!(single_payload(&lua, &two), None);
-        drop((msg, two));
+        // An owned message keeps its payload until `__gc` drops it.
+        let shared = bytes::Bytes::from(vec![b'y'; 100]);
+        let list = Value::Table(Arc::new(Table {
+            array: vec![Value::Str(shared.clone())],
+            map: vec![],
+        }));
+        let owned = to_lua(&lua, message(vec![list.clone()])).unwrap();
+        assert_eq!(single_payload(&lua, &owned), Some(list.clone()));
+        drop(list);
+        assert!(!shared.is_unique());
+        drop((plain, int, none, two, owned));
         lua.gc_collect().unwrap();
         lua.gc_collect().unwrap();
         // Only the test's handle is left: the message's copy was dropped by `__gc`.
@@ -428,7 +672,8 @@ mod tests {
         )
         .exec()
         .unwrap();
-        let msg = to_lua(&lua, message(vec![Value::Int(1)])).unwrap();
+        // Two payloads: an owned message (a plain one has no finalizer and stays whole).
+        let msg = to_lua(&lua, message(vec![Value::Int(1), Value::Int(2)])).unwrap();
         lua.load("HOLDER.m = ... HOLDER = nil")
             .call::<()>(msg)
             .unwrap();
@@ -441,5 +686,22 @@ mod tests {
             !ok && err.contains("bad argument #1 to 'topic'"),
             "{ok} {err}"
         );
+    }
+
+    #[test]
+    fn a_finalizer_that_outlives_a_plain_message_still_reads_it() {
+        let lua = Lua::new();
+        lua.load(
+            "HOLDER = setmetatable({}, {__gc = function(h) RESULT = h.m:topic() .. h.m:data() end})",
+        )
+        .exec()
+        .unwrap();
+        let msg = to_lua(&lua, message(vec![Value::Str("!".into())])).unwrap();
+        lua.load("HOLDER.m = ... HOLDER = nil")
+            .call::<()>(msg)
+            .unwrap();
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+        assert_eq!(lua.globals().get::<String>("RESULT").unwrap(), "greet!");
     }
 }

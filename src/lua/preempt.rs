@@ -197,8 +197,19 @@ pub struct Step {
 
 impl Step {
     pub fn begin(body: &mlua::Thread) -> Step {
-        let state = body.state();
-        // SAFETY: a live thread, owned by this worker.
+        // SAFETY: a live thread, owned by this worker, kept alive by the caller's handle.
+        unsafe { Step::begin_state(body.state()) }
+    }
+
+    /// `begin` for a process body held without an mlua handle; `body` outlives the step.
+    pub fn begin_held(body: &crate::lua::resume::HeldThread) -> Step {
+        // SAFETY: the registry key of `body` keeps the thread alive during the step.
+        unsafe { Step::begin_state(body.state()) }
+    }
+
+    /// # Safety
+    /// `state` is a live coroutine of this worker's Lua state that outlives the `Step`.
+    unsafe fn begin_state(state: *mut ffi::lua_State) -> Step {
         unsafe {
             // A thread mlua created carries the global hook; a step that ended armed and was
             // not disarmed (a nested step, see below) still has the count-1 hook.

@@ -32,10 +32,57 @@ pub enum Stopped {
 
 /// Resumes `co` once with `args` (pass `None` on every resume but the first).
 pub fn resume(lua: &Lua, co: &Thread, args: Option<MultiValue>) -> mlua::Result<Stopped> {
+    // SAFETY: `co` is a live thread of `lua`, kept alive by the borrow.
+    unsafe { resume_state(lua, co.state(), args) }
+}
+
+/// A coroutine kept alive by a Lua registry key, resumed without an mlua handle: making one per
+/// resume (a reference on mlua's auxiliary stack, made and dropped) cost about 600 instructions,
+/// twice per message round trip.
+pub struct HeldThread {
+    key: mlua::RegistryKey,
+    /// The coroutine's own state: valid while `key` holds it (Lua's collector does not move
+    /// objects).
+    state: *mut ffi::lua_State,
+}
+
+impl HeldThread {
+    pub fn new(lua: &Lua, thread: Thread) -> mlua::Result<HeldThread> {
+        Ok(HeldThread {
+            state: thread.state(),
+            key: lua.create_registry_value(thread)?,
+        })
+    }
+
+    /// An mlua handle to the coroutine.
+    pub fn thread(&self, lua: &Lua) -> mlua::Result<Thread> {
+        lua.registry_value(&self.key)
+    }
+
+    /// The coroutine's state, as an identity (and for `preempt::Step`).
+    pub fn state(&self) -> *mut ffi::lua_State {
+        self.state
+    }
+
+    /// `resume` of this coroutine; `lua` must be the state that holds it.
+    pub fn resume(&self, lua: &Lua, args: Option<MultiValue>) -> mlua::Result<Stopped> {
+        if !lua.owns_registry_value(&self.key) {
+            return Err(mlua::Error::MismatchedRegistryKey);
+        }
+        // SAFETY: the key keeps the coroutine alive, and it belongs to `lua`.
+        unsafe { resume_state(lua, self.state, args) }
+    }
+}
+
+/// `resume` of the coroutine `thread` of `lua`, which stays alive during the call.
+unsafe fn resume_state(
+    lua: &Lua,
+    thread: *mut ffi::lua_State,
+    args: Option<MultiValue>,
+) -> mlua::Result<Stopped> {
     let pending = Lua::poll_pending().0;
     lua.exec_raw_lua(|raw| unsafe {
         let caller = raw.state();
-        let thread = co.state();
         let height = ffi::lua_gettop(caller);
         let nargs = match args {
             Some(args) => {

@@ -83,8 +83,8 @@ pub fn spawn_process(
 
 /// The host and entry labels of a new process, shared between the processes a worker spawns
 /// from the same entry instead of formatted and allocated for each.
-fn labels(host: &EntryId, code: &CompiledCode) -> (Arc<str>, Arc<str>) {
-    type Cached = Option<(EntryId, Arc<str>, u64, Arc<str>)>;
+fn labels(host: &EntryId, code: &CompiledCode) -> (&'static str, Arc<str>) {
+    type Cached = Option<(EntryId, &'static str, u64, Arc<str>)>;
     thread_local! {
         static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
     }
@@ -96,12 +96,12 @@ fn labels(host: &EntryId, code: &CompiledCode) -> (Arc<str>, Arc<str>) {
                     *v = code.version;
                     *el = Arc::from(code.entry.to_string());
                 }
-                (hl.clone(), el.clone())
+                (*hl, el.clone())
             }
             _ => {
-                let hl: Arc<str> = Arc::from(host.to_string());
+                let hl = crate::process::pid::intern_label(&host.to_string());
                 let el: Arc<str> = Arc::from(code.entry.to_string());
-                *last = Some((host.clone(), hl.clone(), code.version, el.clone()));
+                *last = Some((host.clone(), hl, code.version, el.clone()));
                 (hl, el)
             }
         }
@@ -241,8 +241,7 @@ pub struct LuaTask {
     /// The coroutine the script runs in: the one the preemption hook may yield. Kept in the Lua
     /// registry, not as an mlua reference: mlua keeps its references on one auxiliary Lua stack
     /// of at most a million slots per state, which capped a worker at ~500,000 idle processes.
-    body: mlua::RegistryKey,
-    ptr: *const std::ffi::c_void,
+    body: crate::lua::resume::HeldThread,
     /// Arguments of the first resume.
     args: Option<MultiValue>,
     /// Whether `body` is suspended in an async call (dropping the task then ends that call).
@@ -255,8 +254,7 @@ impl LuaTask {
     /// `body` run with `args` on its first resume.
     fn driven(body: mlua::Thread, args: MultiValue) -> mlua::Result<LuaTask> {
         Ok(LuaTask {
-            ptr: body.to_pointer(),
-            body: worker_lua().lua.create_registry_value(body)?,
+            body: crate::lua::resume::HeldThread::new(&worker_lua().lua, body)?,
             args: Some(args),
             waiting: false,
             yielding: None,
@@ -269,7 +267,7 @@ impl LuaTask {
     }
 
     fn body(&self) -> mlua::Result<mlua::Thread> {
-        worker_lua().lua.registry_value(&self.body)
+        self.body.thread(&worker_lua().lua)
     }
 }
 
@@ -279,7 +277,7 @@ impl Drop for LuaTask {
         // hold a timer, a socket or a pool slot), and never run the body again.
         if self.waiting {
             if let Some(w) = crate::lua::worker::try_worker_lua() {
-                if let Ok(body) = w.lua.registry_value(&self.body) {
+                if let Ok(body) = self.body.thread(&w.lua) {
                     w.terminate_wait(&body);
                 }
             }
@@ -333,19 +331,19 @@ impl Future for ProcTask {
         ctx.wait_armed.set(false);
         let polled = context::enter(&ctx, || {
             ctx.slice_start.set(std::time::Instant::now());
-            ctx.running_thread.set(task.ptr);
+            ctx.running_thread
+                .set(task.body.state().cast_const().cast());
             ctx.preempted.set(false);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 task.waiting = false;
                 let w = worker_lua();
-                let body = match task.body() {
-                    Ok(body) => body,
-                    Err(e) => return Poll::Ready(Err(e)),
-                };
-                let _step = crate::lua::preempt::Step::begin(&body);
-                let mut step = w.run_step_direct(&body, task.args.take());
+                let _step = crate::lua::preempt::Step::begin_held(&task.body);
+                let mut step = task.body.resume(&w.lua, task.args.take());
                 if matches!(step, Ok(Stopped::Waiting)) && !ctx.wait_armed.get() {
-                    step = w.run_step(&body, cx);
+                    step = match task.body() {
+                        Ok(body) => w.run_step(&body, cx),
+                        Err(e) => Err(e),
+                    };
                 }
                 match step {
                     Ok(Stopped::Waiting) => {
@@ -643,9 +641,7 @@ mod tests {
             base.raw_set("test_panic", f).unwrap();
         });
         let code = process_code("panicky", "return { main = function() test_panic() end }");
-        let watcher = node
-            .procs
-            .register(Arc::from("t:host"), Arc::from("t:watcher"));
+        let watcher = node.procs.register("t:host", Arc::from("t:watcher"));
         let pid = spawn_process(
             &node,
             code,

@@ -7,7 +7,8 @@
 //! makes, so they try synchronously first and only pay for a yield when they really wait. A
 //! yield with the pending marker is exactly what an mlua async call does when it waits, so the
 //! scheduler (`resume.rs`, `worker::STEP`) and scripts' own coroutines (`coroutine.rs`) treat
-//! both alike.
+//! both alike. The receive of a process's own inbox and events channels runs the same loop in C
+//! (`fast_receive::receive`) and hands every other case to this one.
 
 use crate::lua::context;
 use mlua::{Function, Lua, Table};

@@ -298,7 +298,10 @@ impl WorkerLua {
     }
 
     /// Resumes `co` once through `step`, polling that with the task's context so an mlua async
-    /// call `co` stopped in gets the task's waker (see `run_step_direct`).
+    /// call `co` stopped in gets the task's waker. The cheaper raw resume (`resume::HeldThread`, no
+    /// thread, future or Lua frame per poll) polls such a call with a no-op waker, so its
+    /// `Waiting` is a real wait only when a synchronous wait armed it (`ProcCtx::wait_armed`);
+    /// otherwise the poll is finished here.
     pub fn run_step(
         &self,
         co: &mlua::Thread,
@@ -322,20 +325,6 @@ impl WorkerLua {
             2 => Stopped::Finished(a, b),
             _ => Stopped::Failed(a),
         })
-    }
-
-    /// One resume of `co` (with `args` on its first resume) straight through `lua_resume`
-    /// (`resume.rs`). Cheaper than `run_step` (no thread, no future and no Lua frame per poll),
-    /// but an mlua async call inside `co` is polled with a no-op waker, so `Waiting` is only a
-    /// real wait when a synchronous wait armed it (`ProcCtx::wait_armed`); otherwise the
-    /// caller finishes the poll with `run_step`, which polls that call again with the task's
-    /// waker.
-    pub fn run_step_direct(
-        &self,
-        co: &mlua::Thread,
-        args: Option<mlua::MultiValue>,
-    ) -> mlua::Result<Stopped> {
-        crate::lua::resume::resume(&self.lua, co, args)
     }
 
     /// Ends the async call `co` is waiting in (its future is dropped now rather than when the

@@ -134,13 +134,14 @@ impl ProcessTable {
     }
 
     /// Allocates a pid and a mailbox; the process is live (addressable) from here on.
-    pub fn register(&self, host: Arc<str>, entry: Arc<str>) -> Arc<ProcessEntry> {
+    /// `host` is an interned label (`pid::intern_label`, or a literal).
+    pub fn register(&self, host: &'static str, entry: Arc<str>) -> Arc<ProcessEntry> {
         self.register_with(host, entry, Mailbox::default())
     }
 
     pub fn register_with(
         &self,
-        host: Arc<str>,
+        host: &'static str,
         entry: Arc<str>,
         mailbox: Mailbox,
     ) -> Arc<ProcessEntry> {
@@ -173,12 +174,13 @@ impl ProcessTable {
         self.stats.alive.load(Ordering::Relaxed)
     }
 
-    /// What `dest` names: a PID string's id, or a registered name's pid. `None` for neither.
-    fn destination(&self, dest: &str) -> Option<(u64, Option<Pid>)> {
-        if dest.starts_with('{') {
-            Some((Pid::parse_id(dest)?, None))
+    /// What `dest` (the bytes of a Lua string) names: a PID string's id, or a registered
+    /// name's pid. `None` for neither.
+    fn destination(&self, dest: &[u8]) -> Option<(u64, Option<Pid>)> {
+        if dest.first() == Some(&b'{') {
+            Some((Pid::parse_id_bytes(dest)?, None))
         } else {
-            let pid = self.lookup(dest)?;
+            let pid = self.lookup(std::str::from_utf8(dest).ok()?)?;
             Some((pid.id(), Some(pid)))
         }
     }
@@ -190,22 +192,29 @@ impl ProcessTable {
 
     /// `resolve` plus the live entry, in one table lookup (the send path). `None` when `dest`
     /// is neither PID-shaped nor a registered name; `Some((pid, None))` for a dead pid.
-    pub fn resolve_entry(&self, dest: &str) -> Option<(Pid, Option<Arc<ProcessEntry>>)> {
+    pub fn resolve_entry(
+        &self,
+        dest: impl AsRef<[u8]>,
+    ) -> Option<(Pid, Option<Arc<ProcessEntry>>)> {
+        let dest = dest.as_ref();
         let (id, named) = self.destination(dest)?;
         Some(match self.get(id) {
             Some(p) => (p.pid.clone(), Some(p)),
             // A well-formed dead pid is still a pid: sends to it are dropped.
-            None => (
-                named.unwrap_or_else(|| Pid::new(id, Arc::from(host_of(dest)))),
-                None,
-            ),
+            None => match named {
+                Some(pid) => (pid, None),
+                None => (
+                    Pid::parsed(id, host_of(std::str::from_utf8(dest).ok()?)),
+                    None,
+                ),
+            },
         })
     }
 
     /// `resolve_entry` without building the pid: `None` if `dest` names nothing, `Some(None)`
     /// for a well-formed pid of a process that is gone.
     pub fn entry_of(&self, dest: &str) -> Option<Option<Arc<ProcessEntry>>> {
-        let (id, _) = self.destination(dest)?;
+        let (id, _) = self.destination(dest.as_bytes())?;
         Some(self.get(id))
     }
 
@@ -391,8 +400,8 @@ mod tests {
 
     fn table_with_two() -> (ProcessTable, Arc<ProcessEntry>, Arc<ProcessEntry>) {
         let t = ProcessTable::default();
-        let a = t.register(Arc::from("h"), Arc::from("t:a"));
-        let b = t.register(Arc::from("h"), Arc::from("t:b"));
+        let a = t.register("h", Arc::from("t:a"));
+        let b = t.register("h", Arc::from("t:b"));
         (t, a, b)
     }
 
@@ -434,7 +443,7 @@ mod tests {
         t.link(&a.pid, &b.pid);
         t.exit(&b.pid, ExitResult::Value(crate::process::value::Value::Nil));
         assert!(events(&a).is_empty());
-        let c = t.register(Arc::from("h"), Arc::from("t:c"));
+        let c = t.register("h", Arc::from("t:c"));
         t.link(&a.pid, &c.pid);
         t.exit(&c.pid, ExitResult::Error("boom".into()));
         assert!(matches!(&events(&a)[..], [Event::LinkDown { error, .. }] if error == "boom"));

@@ -258,11 +258,11 @@ fn message_values(
 /// A send whose arguments are already owned, as the fast path (`lua/fast_send.rs`) makes
 /// them: delivers and returns `true` when every check passes; `false` (nothing done) when
 /// `send` itself must answer, with its error.
-pub(crate) fn send_checked(ctx: &ProcCtx, dest: &str, topic: &str, values: Vec<Value>) -> bool {
+pub(crate) fn send_checked(ctx: &ProcCtx, dest: &[u8], topic: &str, values: Vec<Value>) -> bool {
     if topic.starts_with('@') {
         return false;
     }
-    let Ok((pid, target)) = resolve_entry(ctx, dest) else {
+    let Some((pid, target)) = ctx.node.procs.resolve_entry(dest) else {
         return false;
     };
     if !send_allowed(ctx, &pid, &mut None) {
