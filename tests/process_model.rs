@@ -228,3 +228,16 @@ fn upgrade_keeps_pid_monitors_names_and_mailbox() {
         T,
     );
 }
+
+#[test]
+fn database_calls_wait_without_blocking_the_worker() {
+    let run = harness::start("proc_sql");
+    run.expect_pass(
+        &[
+            "sql.waits_behind_a_transaction",
+            "sql.in_a_coroutine",
+            "sql.killed_while_waiting",
+        ],
+        T,
+    );
+}

@@ -2,12 +2,14 @@
 # HTTP benchmark (issue 3): POST /auth/token with the demo key and a static 2 KB file on
 # moonwire, against a bare hyper handler, at 64 connections with wrk, in one run.
 #   bash bench/http/run.sh [DURATION_S]
+# Env: MOONWIRE_BIN=path (another moonwire binary; the baseline is still built here).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${1:-10}
 CONNS=64
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --quiet --bin moonwire --example bare_hyper
+BIN=$(realpath "${MOONWIRE_BIN:-target/release/moonwire}")
 
 work=$(mktemp -d)
 pids=()
@@ -23,7 +25,7 @@ open(p, "w").write(s)
 PY
 head -c 2048 /dev/urandom | base64 -w 0 | head -c 2048 > "$work/public/bench-2k.txt"
 
-(cd "$work" && MOONWIRE_LOG=info exec "$OLDPWD/target/release/moonwire" run --no-watch --addr 127.0.0.1:0 2> "$work/moonwire.log") &
+(cd "$work" && MOONWIRE_LOG=info exec "$BIN" run --no-watch --addr 127.0.0.1:0 2> "$work/moonwire.log") &
 pids+=($!)
 ./target/release/examples/bare_hyper 127.0.0.1:0 2> "$work/bare.log" &
 pids+=($!)

@@ -11,8 +11,11 @@
 //! (`fast_receive::receive`) and hands every other case to this one.
 
 use crate::lua::context;
-use mlua::{Function, Lua, Table};
-use std::task::Waker;
+use mlua::{FromLuaMulti, Function, Lua, Table, UserData, UserDataRef};
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 /// `try` found nothing ready and armed a wake-up: yield and try again when resumed.
 pub const WAIT: i64 = 0;
@@ -52,6 +55,137 @@ pub fn wait_loop(lua: &Lua, try_fn: Function, slow: Function) -> mlua::Result<Fu
         coroutine.raw_get::<Function>("yield")?,
         mlua::Value::LightUserData(Lua::poll_pending()),
     ))
+}
+
+/// What a binding awaits: its two results, made on this worker.
+pub type CallFuture = Pin<Box<dyn Future<Output = mlua::Result<(mlua::Value, mlua::Value)>>>>;
+
+/// One call's future between its polls, owned by the Lua stack of the waiting coroutine: a
+/// coroutine that is collected while waiting drops it with it.
+struct PendingCall(RefCell<Option<CallFuture>>);
+
+impl UserData for PendingCall {}
+
+const FUTURE_LOOP: &str = r#"
+local start, poll, slow, yield, PENDING = ...
+return function(...)
+    local call = start(...)
+    if call == nil then return slow(...) end
+    while true do
+        local done, a, b = poll(call)
+        if done then return a, b end
+        if yield(PENDING) ~= nil then
+            -- mlua's terminate signal: end the call now, and never run the script again.
+            poll(call, true)
+            while true do yield() end
+        end
+    end
+end
+"#;
+
+/// A Lua function that calls `make(args)` for a future and waits for it as `wait_loop` waits
+/// (polled with the process poll's waker, yielding the pending marker in between), instead of
+/// as an mlua async function: mlua's async call costs a future, a thread and a second async
+/// step per wait on top of the binding's own work (a quarter of a `db:query`). Outside a
+/// process poll it is that async function.
+pub fn future_wait<A, F>(lua: &Lua, make: F) -> mlua::Result<Function>
+where
+    A: FromLuaMulti + 'static,
+    F: Fn(&Lua, A) -> mlua::Result<CallFuture> + Clone + 'static,
+{
+    let make_slow = make.clone();
+    let start = lua.create_function(move |lua, args: A| {
+        if !can_wait() {
+            return Ok(None);
+        }
+        Ok(Some(PendingCall(RefCell::new(Some(make(lua, args)?)))))
+    })?;
+    let slow = lua.create_async_function(move |lua, args: A| {
+        let call = make_slow(&lua, args);
+        async move { call?.await }
+    })?;
+    let poll = lua.create_function(
+        |_,
+         (call, stop): (UserDataRef<PendingCall>, Option<bool>)|
+         -> mlua::Result<(bool, mlua::Value, mlua::Value)> {
+            let mut slot = call.0.borrow_mut();
+            if stop == Some(true) {
+                slot.take();
+                return Ok((true, mlua::Value::Nil, mlua::Value::Nil));
+            }
+            let Some(future) = slot.as_mut() else {
+                return Err(mlua::Error::runtime("the call has already finished"));
+            };
+            match poll_here(future.as_mut()) {
+                Some(Poll::Ready(result)) => {
+                    slot.take();
+                    let (a, b) = result?;
+                    Ok((true, a, b))
+                }
+                Some(Poll::Pending) => Ok((false, mlua::Value::Nil, mlua::Value::Nil)),
+                None => Err(mlua::Error::runtime(
+                    "cannot wait here: not inside a process step",
+                )),
+            }
+        },
+    )?;
+    let coroutine: Table = lua.globals().raw_get("coroutine")?;
+    lua.load(FUTURE_LOOP).set_name("=wait").call((
+        start,
+        poll,
+        slow,
+        coroutine.raw_get::<Function>("yield")?,
+        mlua::Value::LightUserData(Lua::poll_pending()),
+    ))
+}
+
+/// A userdata field whose value is a `future_wait` function (built once per Lua state when the
+/// type is registered), for methods that wait: `obj:name(...)` calls it with `obj` first.
+pub struct Waiting<A, F> {
+    make: F,
+    args: std::marker::PhantomData<fn(A)>,
+}
+
+impl<A, F> Waiting<A, F>
+where
+    A: FromLuaMulti + 'static,
+    F: Fn(&Lua, A) -> mlua::Result<CallFuture> + Clone + 'static,
+{
+    pub fn new(make: F) -> Self {
+        Waiting {
+            make,
+            args: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<A, F> mlua::IntoLua for Waiting<A, F>
+where
+    A: FromLuaMulti + 'static,
+    F: Fn(&Lua, A) -> mlua::Result<CallFuture> + Clone + 'static,
+{
+    fn into_lua(self, lua: &Lua) -> mlua::Result<mlua::Value> {
+        future_wait(lua, self.make).map(mlua::Value::Function)
+    }
+}
+
+/// Whether a synchronous wait can be woken here (inside a process poll).
+fn can_wait() -> bool {
+    context::with_current(|ctx| ctx.poll_waker.borrow().is_some()).unwrap_or(false)
+}
+
+/// Polls `future` with the waker of the task polling the current process; a pending poll arms
+/// this poll's wait (the task is woken when the future can go on). `None` outside a process
+/// poll.
+fn poll_here<T>(future: Pin<&mut (dyn Future<Output = T> + '_)>) -> Option<Poll<T>> {
+    // The future runs outside any borrow of the context (it may use the context itself).
+    let ctx = context::current()?;
+    let waker = ctx.poll_waker.borrow().clone()?;
+    let polled = future.poll(&mut Context::from_waker(&waker));
+    if polled.is_pending() {
+        ctx.wait_armed.set(true);
+    }
+    Some(polled)
 }
 
 /// Hands the waker of the task polling the current process to `register` (each place the

@@ -8,6 +8,7 @@
 use crate::lua::context;
 use crate::lua::errors::{fail, ok};
 use crate::lua::sandbox::read_only;
+use crate::lua::wait::{CallFuture, Waiting};
 use crate::process::value::ErrorKind;
 use crate::registry::kinds::EntryId;
 use crate::store::sqlite::{ExecResult, Row, SqlError, SqlParam, Sqlite, Tx, TxOptions};
@@ -466,26 +467,35 @@ trait HasOwner {
     fn owner(&self) -> Owner;
 }
 
-/// `query`, `execute` and `prepare`, common to DB and Tx.
-fn add_statement_methods<T: HasOwner + 'static, M: UserDataMethods<T>>(methods: &mut M) {
-    methods.add_async_method(
+/// `query`, `execute` and `prepare`, common to DB and Tx. Every call that waits for the
+/// database is a `wait::Waiting` field (a synchronous wait, see `wait.rs`), not an mlua async
+/// method: the queries are what HTTP handlers wait for most, and an mlua async call cost a
+/// second step per wait.
+fn add_statement_fields<T: HasOwner + 'static, F: mlua::UserDataFields<T>>(fields: &mut F) {
+    fields.add_field(
         "query",
-        |lua, this: UserDataRef<T>, (sql, args): (String, MultiValue)| {
-            let owner = this.owner();
-            query_ret(lua, owner, sql, params_from(args))
-        },
+        Waiting::new(
+            |lua: &Lua, (this, sql, args): (UserDataRef<T>, String, MultiValue)| {
+                let call = query_ret(lua.clone(), this.owner(), sql, params_from(args));
+                Ok(Box::pin(call) as CallFuture)
+            },
+        ),
     );
-    methods.add_async_method(
+    fields.add_field(
         "execute",
-        |lua, this: UserDataRef<T>, (sql, args): (String, MultiValue)| {
-            let owner = this.owner();
-            execute_ret(lua, owner, sql, params_from(args))
-        },
+        Waiting::new(
+            |lua: &Lua, (this, sql, args): (UserDataRef<T>, String, MultiValue)| {
+                let call = execute_ret(lua.clone(), this.owner(), sql, params_from(args));
+                Ok(Box::pin(call) as CallFuture)
+            },
+        ),
     );
-    methods.add_async_method("prepare", |lua, this: UserDataRef<T>, sql: String| {
-        let owner = this.owner();
-        prepare_ret(lua, owner, sql)
-    });
+    fields.add_field(
+        "prepare",
+        Waiting::new(|lua: &Lua, (this, sql): (UserDataRef<T>, String)| {
+            Ok(Box::pin(prepare_ret(lua.clone(), this.owner(), sql)) as CallFuture)
+        }),
+    );
 }
 
 /// The handle `sql.get` returns.
@@ -498,24 +508,29 @@ impl HasOwner for LuaDb {
 }
 
 impl UserData for LuaDb {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        add_statement_methods(methods);
-        methods.add_async_method(
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        add_statement_fields(fields);
+        fields.add_field(
             "begin",
-            |lua, this: UserDataRef<Self>, opts: Option<Table>| {
-                let db = this.0.db();
-                async move {
-                    let result = match (db, tx_options(opts)) {
-                        (Ok(db), Ok(opts)) => db.begin(opts).await,
-                        (Err(e), _) | (_, Err(e)) => Err(e),
-                    };
-                    match result {
-                        Ok(tx) => ok(&lua, LuaTx(Rc::new(tx))),
-                        Err(e) => sql_fail(&lua, e),
-                    }
-                }
-            },
+            Waiting::new(
+                |lua: &Lua, (this, opts): (UserDataRef<Self>, Option<Table>)| {
+                    let (lua, db, opts) = (lua.clone(), this.0.db(), tx_options(opts));
+                    Ok(Box::pin(async move {
+                        let result = match (db, opts) {
+                            (Ok(db), Ok(opts)) => db.begin(opts).await,
+                            (Err(e), _) | (_, Err(e)) => Err(e),
+                        };
+                        match result {
+                            Ok(tx) => ok(&lua, LuaTx(Rc::new(tx))),
+                            Err(e) => sql_fail(&lua, e),
+                        }
+                    }) as CallFuture)
+                },
+            ),
         );
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("type", |lua, _, ()| ok(lua, "sqlite"));
         methods.add_method("stats", |lua, this, ()| {
             let db = match this.0.db() {
@@ -594,30 +609,30 @@ impl LuaStmt {
 }
 
 impl UserData for LuaStmt {
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        for (name, execute) in [("query", false), ("execute", true)] {
+            fields.add_field(
+                name,
+                Waiting::new(
+                    move |lua: &Lua, (this, args): (UserDataRef<Self>, MultiValue)| {
+                        let (lua, sql) = (lua.clone(), this.sql.clone());
+                        let target = this.owner().and_then(|o| Ok((o, params_from(args)?)));
+                        Ok(Box::pin(async move {
+                            match target {
+                                Ok((owner, params)) if execute => {
+                                    execute_ret(lua, owner, sql, Ok(params)).await
+                                }
+                                Ok((owner, params)) => query_ret(lua, owner, sql, Ok(params)).await,
+                                Err(e) => sql_fail(&lua, e),
+                            }
+                        }) as CallFuture)
+                    },
+                ),
+            );
+        }
+    }
+
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_async_method("query", |lua, this: UserDataRef<Self>, args: MultiValue| {
-            let sql = this.sql.clone();
-            let target = this.owner().and_then(|o| Ok((o, params_from(args)?)));
-            async move {
-                match target {
-                    Ok((owner, params)) => query_ret(lua, owner, sql, Ok(params)).await,
-                    Err(e) => sql_fail(&lua, e),
-                }
-            }
-        });
-        methods.add_async_method(
-            "execute",
-            |lua, this: UserDataRef<Self>, args: MultiValue| {
-                let sql = this.sql.clone();
-                let target = this.owner().and_then(|o| Ok((o, params_from(args)?)));
-                async move {
-                    match target {
-                        Ok((owner, params)) => execute_ret(lua, owner, sql, Ok(params)).await,
-                        Err(e) => sql_fail(&lua, e),
-                    }
-                }
-            },
-        );
         methods.add_method("close", |lua, this, ()| {
             this.closed.set(true);
             ok(lua, true)
@@ -645,31 +660,53 @@ fn bool_ret(lua: &Lua, r: Result<(), SqlError>) -> Ret {
 }
 
 impl UserData for LuaTx {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        add_statement_methods(methods);
-        methods.add_async_method("commit", |lua, this: UserDataRef<Self>, ()| {
-            let tx = this.0.clone();
-            async move { bool_ret(&lua, tx.commit().await) }
-        });
-        methods.add_async_method("rollback", |lua, this: UserDataRef<Self>, ()| {
-            let tx = this.0.clone();
-            async move { bool_ret(&lua, tx.rollback().await) }
-        });
-        methods.add_async_method("savepoint", |lua, this: UserDataRef<Self>, name: String| {
-            let tx = this.0.clone();
-            async move { bool_ret(&lua, tx.savepoint(&name).await) }
-        });
-        methods.add_async_method(
-            "rollback_to",
-            |lua, this: UserDataRef<Self>, name: String| {
-                let tx = this.0.clone();
-                async move { bool_ret(&lua, tx.rollback_to(&name).await) }
-            },
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        add_statement_fields(fields);
+        fields.add_field(
+            "commit",
+            Waiting::new(|lua: &Lua, this: UserDataRef<Self>| {
+                let (lua, tx) = (lua.clone(), this.0.clone());
+                Ok(Box::pin(async move { bool_ret(&lua, tx.commit().await) }) as CallFuture)
+            }),
         );
-        methods.add_async_method("release", |lua, this: UserDataRef<Self>, name: String| {
-            let tx = this.0.clone();
-            async move { bool_ret(&lua, tx.release(&name).await) }
-        });
+        fields.add_field(
+            "rollback",
+            Waiting::new(|lua: &Lua, this: UserDataRef<Self>| {
+                let (lua, tx) = (lua.clone(), this.0.clone());
+                Ok(Box::pin(async move { bool_ret(&lua, tx.rollback().await) }) as CallFuture)
+            }),
+        );
+        type Named = (UserDataRef<LuaTx>, String);
+        fields.add_field(
+            "savepoint",
+            Waiting::new(|lua: &Lua, (this, name): Named| {
+                let (lua, tx) = (lua.clone(), this.0.clone());
+                Ok(
+                    Box::pin(async move { bool_ret(&lua, tx.savepoint(&name).await) })
+                        as CallFuture,
+                )
+            }),
+        );
+        fields.add_field(
+            "rollback_to",
+            Waiting::new(|lua: &Lua, (this, name): Named| {
+                let (lua, tx) = (lua.clone(), this.0.clone());
+                Ok(
+                    Box::pin(async move { bool_ret(&lua, tx.rollback_to(&name).await) })
+                        as CallFuture,
+                )
+            }),
+        );
+        fields.add_field(
+            "release",
+            Waiting::new(|lua: &Lua, (this, name): Named| {
+                let (lua, tx) = (lua.clone(), this.0.clone());
+                Ok(Box::pin(async move { bool_ret(&lua, tx.release(&name).await) }) as CallFuture)
+            }),
+        );
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("db_type", |lua, _, ()| ok(lua, "sqlite"));
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             let state = if this.0.is_done() { "done" } else { "open" };
