@@ -90,33 +90,13 @@ unsafe extern "C-unwind" fn receive_again(
     if status == ffi::LUA_YIELD && ffi::lua_gettop(state) > nargs {
         return stay_suspended(state, ffi::LUA_YIELD, 0);
     }
-    let core = if ffi::lua_type(state, 1) == ffi::LUA_TUSERDATA {
-        let key = ffi::lua_topointer(state, 1) as usize;
-        FAST.with(|f| f.borrow().get(&key).cloned())
-    } else {
-        None
-    };
-    let Some(core) = core else {
+    let Some(core) = fast_core(state) else {
         return call_wait_loop(state, nargs);
     };
     let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_receive_from(&core)));
     drop(core);
     match tried {
-        Ok(Tried::Item(item)) => {
-            let item = match item {
-                Item::Message(m) => match crate::lua::message::push(state, m) {
-                    Ok(()) => {
-                        ffi::lua_pushboolean(state, 1);
-                        return 2;
-                    }
-                    Err(m) => Item::Message(m),
-                },
-                other => other,
-            };
-            push_made(state, move |lua| {
-                Ok(vec![item_to_lua(lua, item)?, mlua::Value::Boolean(true)])
-            })
-        }
+        Ok(Tried::Item(item)) => push_received(state, item),
         Ok(Tried::Closed) => {
             ffi::lua_pushnil(state);
             ffi::lua_pushboolean(state, 0);
@@ -164,41 +144,46 @@ unsafe extern "C-unwind" fn return_all(
     ffi::lua_gettop(state)
 }
 
-unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {
-    let core = if ffi::lua_type(state, 1) == ffi::LUA_TUSERDATA {
-        let key = ffi::lua_topointer(state, 1) as usize;
-        FAST.with(|f| f.borrow().get(&key).cloned())
-    } else {
-        None
+/// The core of the process channel that argument 1 is, if it is one.
+unsafe fn fast_core(state: *mut ffi::lua_State) -> Option<Rc<ChanCore>> {
+    if ffi::lua_type(state, 1) != ffi::LUA_TUSERDATA {
+        return None;
+    }
+    let key = ffi::lua_topointer(state, 1) as usize;
+    FAST.with(|f| f.borrow().get(&key).cloned())
+}
+
+/// Pushes a received item and `true`; returns 2. The caller holds nothing with a destructor:
+/// with memory caps on this worker the message is made in a protected call (`push_made`),
+/// which may raise.
+unsafe fn push_received(state: *mut ffi::lua_State, item: Item) -> c_int {
+    // The common case, straight onto the stack (no mlua value in between).
+    let item = match item {
+        Item::Message(m) => match crate::lua::message::push(state, m) {
+            Ok(()) => {
+                ffi::lua_pushboolean(state, 1);
+                return 2;
+            }
+            Err(m) => Item::Message(m),
+        },
+        other => other,
     };
-    let Some(core) = core else {
+    push_made(state, move |lua| {
+        Ok(vec![item_to_lua(lua, item)?, mlua::Value::Boolean(true)])
+    })
+}
+
+unsafe extern "C-unwind" fn try_receive(state: *mut ffi::lua_State) -> c_int {
+    let Some(core) = fast_core(state) else {
         return call_upvalue(state);
     };
     let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_receive_from(&core)));
     drop(core);
     let (status, open) = match tried {
         Ok(Tried::Item(item)) => {
+            // (status, item, true): the status stays below what `push_received` pushes.
             ffi::lua_pushinteger(state, wait::TWO);
-            // The common case, straight onto the stack (no mlua value in between); with memory
-            // caps on this worker the message comes back, to be made protected below.
-            let item = match item {
-                Item::Message(m) => match crate::lua::message::push(state, m) {
-                    Ok(()) => {
-                        ffi::lua_pushboolean(state, 1);
-                        return 3;
-                    }
-                    Err(m) => Item::Message(m),
-                },
-                other => other,
-            };
-            ffi::lua_pop(state, 1);
-            return push_made(state, move |lua| {
-                Ok(vec![
-                    mlua::Value::Integer(wait::TWO),
-                    item_to_lua(lua, item)?,
-                    mlua::Value::Boolean(true),
-                ])
-            });
+            return 1 + push_received(state, item);
         }
         Ok(Tried::Closed) => (wait::TWO, false),
         Ok(Tried::Wait) => (wait::WAIT, false),
