@@ -20,8 +20,9 @@ thread_local! {
 }
 
 /// A record-like table (no sequence part, at most this many string/number/boolean keys and
-/// values) is remembered after it is copied, and the next table with equal content shares the
-/// copy.
+/// values) is remembered after it is copied, and the next table with equal content that
+/// `raw_copy.rs` reads shares the copy (`raw_copy::holds_exactly`; the general copy below, for
+/// unusual values, does not look).
 ///
 /// Why: a fan-out loop such as the tutorial's ticker (`process.send(pid, "ws.send", {type =
 /// "text", data = data})` for every client) builds an equal small table for each send. Checking
@@ -33,49 +34,11 @@ thread_local! {
     static LAST_RECORD: std::cell::RefCell<Option<Arc<Table>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Whether a Lua scalar equals an owned one exactly (an integer never equals a float).
-fn scalar_eq(lua_value: &mlua::Value, owned: &Value) -> bool {
-    match (lua_value, owned) {
-        (mlua::Value::String(s), Value::Str(b)) => s.as_bytes()[..] == b[..],
-        (mlua::Value::Integer(i), Value::Int(j)) => i == j,
-        (mlua::Value::Number(n), Value::Float(f)) => n.to_bits() == f.to_bits(),
-        (mlua::Value::Boolean(a), Value::Bool(b)) => a == b,
-        _ => false,
-    }
-}
-
 fn is_scalar(v: &Value) -> bool {
     matches!(
         v,
         Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_)
     )
-}
-
-/// `t` holds exactly the entries of `record`, in the same iteration order.
-fn same_record(t: &mlua::Table, record: &Table) -> bool {
-    if t.raw_len() != 0 {
-        return false;
-    }
-    let mut seen = 0;
-    for pair in t.pairs::<mlua::Value, mlua::Value>() {
-        let Ok((k, v)) = pair else {
-            return false;
-        };
-        match record.map.get(seen) {
-            Some((rk, rv)) if scalar_eq(&k, rk) && scalar_eq(&v, rv) => seen += 1,
-            _ => return false,
-        }
-    }
-    seen == record.map.len()
-}
-
-fn cached_record(t: &mlua::Table) -> Option<Arc<Table>> {
-    LAST_RECORD.with(|last| {
-        last.borrow()
-            .as_ref()
-            .filter(|record| same_record(t, record))
-            .cloned()
-    })
 }
 
 /// `table` as a shared copy, remembered when it is a record (`raw_copy.rs` has already found
@@ -170,9 +133,6 @@ fn copy_in(v: &mlua::Value, stack: &mut Vec<*const std::ffi::c_void>) -> Result<
         mlua::Value::Number(n) => Value::Float(*n),
         mlua::Value::String(s) => Value::Str(string_bytes(s)),
         mlua::Value::Table(t) => {
-            if let Some(record) = cached_record(t) {
-                return Ok(Value::Table(record));
-            }
             let ptr = t.to_pointer();
             if stack.contains(&ptr) {
                 return Err(ErrorValue::new(
@@ -295,7 +255,7 @@ mod tests {
             .unwrap();
         let copy = |kind: &str, data: mlua::Value| {
             let t: mlua::Value = make.call((kind, data)).unwrap();
-            match from_lua(&t).unwrap() {
+            match from_lua_in(&lua, &t).unwrap() {
                 Value::Table(t) => t,
                 other => panic!("{other:?}"),
             }
@@ -322,15 +282,16 @@ mod tests {
             .load("return {type = 'binary', data = 1.0, extra = true}")
             .eval()
             .unwrap();
-        match from_lua(&bigger).unwrap() {
+        match from_lua_in(&lua, &bigger).unwrap() {
             Value::Table(t) => assert_eq!(t.map.len(), 3),
             other => panic!("{other:?}"),
         }
         // Nested tables are never shared.
         let nested: mlua::Value = lua.load("return {inner = {n = 1}}").eval().unwrap();
-        let (Value::Table(x), Value::Table(y)) =
-            (from_lua(&nested).unwrap(), from_lua(&nested).unwrap())
-        else {
+        let (Value::Table(x), Value::Table(y)) = (
+            from_lua_in(&lua, &nested).unwrap(),
+            from_lua_in(&lua, &nested).unwrap(),
+        ) else {
             panic!("tables expected");
         };
         assert!(!Arc::ptr_eq(&x, &y));
