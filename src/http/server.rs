@@ -36,6 +36,9 @@ const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct ServerState {
     pub id: EntryId,
+    /// `id` as the host label of the WebSocket connections' pids (interned once, not per
+    /// connection).
+    pub pid_label: &'static str,
     pub node: Arc<Node>,
     pub routes: RwLock<Arc<RouteTable>>,
     pub baseline: Arc<SecurityContext>,
@@ -147,6 +150,7 @@ pub async fn start(
     tracing::info!(server = %cfg.id, addr = %addr, "listening");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
+        pid_label: crate::process::pid::intern_label(&cfg.id.to_string()),
         id: cfg.id,
         node: node.clone(),
         routes: RwLock::new(Arc::new(routes)),

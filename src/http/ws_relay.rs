@@ -346,7 +346,7 @@ async fn run_connection<S>(
 {
     let procs = state.node.procs.clone();
     let proc = procs.register_with(
-        crate::process::pid::intern_label(&state.id.to_string()),
+        state.pid_label,
         Arc::from("websocket"),
         Mailbox::bounded(state.ws_buffer),
     );

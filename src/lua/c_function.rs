@@ -74,16 +74,26 @@ pub fn fronting(lua: &Lua, full: Function, fast: ffi::lua_CFunction) -> mlua::Re
 }
 
 /// Calls the function in upvalue 1 with this call's arguments and returns all its results: a
-/// fast path handing a call to the mlua binding it fronts. Errors propagate as Lua errors.
+/// fast path handing a call to the mlua binding it fronts. Errors propagate as Lua errors. The
+/// callee may yield (a wait): the call has a continuation that returns what it returned.
 ///
 /// # Safety
-/// `state` is the stack of a running C closure whose upvalue 1 is a function, and the caller
-/// holds nothing with a destructor: the callee may raise.
+/// `state` is the stack of a running C closure (or its continuation) whose upvalue 1 is a
+/// function, with only the call's arguments on it, and the caller holds nothing with a
+/// destructor: the callee may raise or yield.
 pub unsafe fn call_upvalue(state: *mut ffi::lua_State) -> c_int {
     let nargs = ffi::lua_gettop(state);
     ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
     ffi::lua_rotate(state, 1, 1);
-    ffi::lua_call(state, nargs, ffi::LUA_MULTRET);
+    ffi::lua_callk(state, nargs, ffi::LUA_MULTRET, 0, Some(return_all));
+    ffi::lua_gettop(state)
+}
+
+unsafe extern "C-unwind" fn return_all(
+    state: *mut ffi::lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
     ffi::lua_gettop(state)
 }
 

@@ -15,8 +15,8 @@
 //! Audit:
 //! - `receive` yields (a `longjmp` out of its frame) only after dropping every Rust value, and
 //!   hands anything it cannot do itself (another channel, a rendezvous, a wrong argument, the
-//!   async fallback) to the Lua wait loop in its upvalue 1 with `lua_callk`, so that may yield
-//!   too; the continuations only return what is on the stack.
+//!   async fallback) to the Lua wait loop in its upvalue 1 (`c_function::call_upvalue`, which
+//!   may yield too); the continuations only return what is on the stack.
 //! - An entry exists only while its userdata is alive: the process context holds the userdata
 //!   in the Lua registry and removes the entry before it releases that key
 //!   (`impl Drop for ProcCtx`), so an address in the table is never a freed or reused block.
@@ -90,8 +90,9 @@ unsafe extern "C-unwind" fn receive_again(
     if status == ffi::LUA_YIELD && ffi::lua_gettop(state) > nargs {
         return stay_suspended(state, ffi::LUA_YIELD, 0);
     }
+    // Nothing but the arguments is on the stack here, on entry and in the continuation.
     let Some(core) = fast_core(state) else {
-        return call_wait_loop(state, nargs);
+        return call_upvalue(state);
     };
     let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_receive_from(&core)));
     drop(core);
@@ -104,11 +105,10 @@ unsafe extern "C-unwind" fn receive_again(
         }
         Ok(Tried::Wait) => {
             // The waker is registered: yield as an mlua async call does when it waits.
-            ffi::lua_settop(state, nargs);
             ffi::lua_pushlightuserdata(state, mlua::Lua::poll_pending().0);
             ffi::lua_yieldk(state, 1, nargs as ffi::lua_KContext, Some(receive_again))
         }
-        Ok(Tried::Slow) => call_wait_loop(state, nargs),
+        Ok(Tried::Slow) => call_upvalue(state),
         Err(_) => {
             ffi::lua_pushstring(state, c"internal error: receive panicked".as_ptr());
             ffi::lua_error(state)
@@ -124,24 +124,6 @@ unsafe extern "C-unwind" fn stay_suspended(
 ) -> c_int {
     ffi::lua_settop(state, 0);
     ffi::lua_yieldk(state, 0, 0, Some(stay_suspended))
-}
-
-/// Calls the Lua wait loop (upvalue 1) with this call's `nargs` arguments and returns all it
-/// returns; it may wait (yield) on the way.
-unsafe fn call_wait_loop(state: *mut ffi::lua_State, nargs: c_int) -> c_int {
-    ffi::lua_settop(state, nargs);
-    ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-    ffi::lua_rotate(state, 1, 1);
-    ffi::lua_callk(state, nargs, ffi::LUA_MULTRET, 0, Some(return_all));
-    ffi::lua_gettop(state)
-}
-
-unsafe extern "C-unwind" fn return_all(
-    state: *mut ffi::lua_State,
-    _status: c_int,
-    _ctx: ffi::lua_KContext,
-) -> c_int {
-    ffi::lua_gettop(state)
 }
 
 /// The core of the process channel that argument 1 is, if it is one.

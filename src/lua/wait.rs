@@ -57,8 +57,10 @@ pub fn wait_loop(lua: &Lua, try_fn: Function, slow: Function) -> mlua::Result<Fu
     ))
 }
 
-/// What a binding awaits: its two results, made on this worker.
-pub type CallFuture = Pin<Box<dyn Future<Output = mlua::Result<(mlua::Value, mlua::Value)>>>>;
+/// A binding's two results.
+pub type CallResult = mlua::Result<(mlua::Value, mlua::Value)>;
+
+type CallFuture = Pin<Box<dyn Future<Output = CallResult>>>;
 
 /// One call's future between its polls, owned by the Lua stack of the waiting coroutine: a
 /// coroutine that is collected while waiting drops it with it.
@@ -88,22 +90,21 @@ end
 /// as an mlua async function: mlua's async call costs a future, a thread and a second async
 /// step per wait on top of the binding's own work (a quarter of a `db:query`). Outside a
 /// process poll it is that async function.
-pub fn future_wait<A, F>(lua: &Lua, make: F) -> mlua::Result<Function>
+pub fn future_wait<A, F, Fut>(lua: &Lua, make: F) -> mlua::Result<Function>
 where
     A: FromLuaMulti + 'static,
-    F: Fn(&Lua, A) -> mlua::Result<CallFuture> + Clone + 'static,
+    F: Fn(&Lua, A) -> Fut + Clone + 'static,
+    Fut: Future<Output = CallResult> + 'static,
 {
     let make_slow = make.clone();
     let start = lua.create_function(move |lua, args: A| {
         if !can_wait() {
             return Ok(None);
         }
-        Ok(Some(PendingCall(RefCell::new(Some(make(lua, args)?)))))
+        let call: CallFuture = Box::pin(make(lua, args));
+        Ok(Some(PendingCall(RefCell::new(Some(call)))))
     })?;
-    let slow = lua.create_async_function(move |lua, args: A| {
-        let call = make_slow(&lua, args);
-        async move { call?.await }
-    })?;
+    let slow = lua.create_async_function(move |lua, args: A| make_slow(&lua, args))?;
     let poll = lua.create_function(
         |_,
          (call, stop): (UserDataRef<PendingCall>, Option<bool>)|
@@ -146,10 +147,11 @@ pub struct Waiting<A, F> {
     args: std::marker::PhantomData<fn(A)>,
 }
 
-impl<A, F> Waiting<A, F>
+impl<A, F, Fut> Waiting<A, F>
 where
     A: FromLuaMulti + 'static,
-    F: Fn(&Lua, A) -> mlua::Result<CallFuture> + Clone + 'static,
+    F: Fn(&Lua, A) -> Fut + Clone + 'static,
+    Fut: Future<Output = CallResult> + 'static,
 {
     pub fn new(make: F) -> Self {
         Waiting {
@@ -159,10 +161,11 @@ where
     }
 }
 
-impl<A, F> mlua::IntoLua for Waiting<A, F>
+impl<A, F, Fut> mlua::IntoLua for Waiting<A, F>
 where
     A: FromLuaMulti + 'static,
-    F: Fn(&Lua, A) -> mlua::Result<CallFuture> + Clone + 'static,
+    F: Fn(&Lua, A) -> Fut + Clone + 'static,
+    Fut: Future<Output = CallResult> + 'static,
 {
     fn into_lua(self, lua: &Lua) -> mlua::Result<mlua::Value> {
         future_wait(lua, self.make).map(mlua::Value::Function)

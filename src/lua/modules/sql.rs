@@ -8,7 +8,7 @@
 use crate::lua::context;
 use crate::lua::errors::{fail, ok};
 use crate::lua::sandbox::read_only;
-use crate::lua::wait::{CallFuture, Waiting};
+use crate::lua::wait::Waiting;
 use crate::process::value::ErrorKind;
 use crate::registry::kinds::EntryId;
 use crate::store::sqlite::{ExecResult, Row, SqlError, SqlParam, Sqlite, Tx, TxOptions};
@@ -472,28 +472,23 @@ trait HasOwner {
 /// method: the queries are what HTTP handlers wait for most, and an mlua async call cost a
 /// second step per wait.
 fn add_statement_fields<T: HasOwner + 'static, F: mlua::UserDataFields<T>>(fields: &mut F) {
+    type Statement<T> = (UserDataRef<T>, String, MultiValue);
     fields.add_field(
         "query",
-        Waiting::new(
-            |lua: &Lua, (this, sql, args): (UserDataRef<T>, String, MultiValue)| {
-                let call = query_ret(lua.clone(), this.owner(), sql, params_from(args));
-                Ok(Box::pin(call) as CallFuture)
-            },
-        ),
+        Waiting::new(|lua: &Lua, (this, sql, args): Statement<T>| {
+            query_ret(lua.clone(), this.owner(), sql, params_from(args))
+        }),
     );
     fields.add_field(
         "execute",
-        Waiting::new(
-            |lua: &Lua, (this, sql, args): (UserDataRef<T>, String, MultiValue)| {
-                let call = execute_ret(lua.clone(), this.owner(), sql, params_from(args));
-                Ok(Box::pin(call) as CallFuture)
-            },
-        ),
+        Waiting::new(|lua: &Lua, (this, sql, args): Statement<T>| {
+            execute_ret(lua.clone(), this.owner(), sql, params_from(args))
+        }),
     );
     fields.add_field(
         "prepare",
         Waiting::new(|lua: &Lua, (this, sql): (UserDataRef<T>, String)| {
-            Ok(Box::pin(prepare_ret(lua.clone(), this.owner(), sql)) as CallFuture)
+            prepare_ret(lua.clone(), this.owner(), sql)
         }),
     );
 }
@@ -515,7 +510,7 @@ impl UserData for LuaDb {
             Waiting::new(
                 |lua: &Lua, (this, opts): (UserDataRef<Self>, Option<Table>)| {
                     let (lua, db, opts) = (lua.clone(), this.0.db(), tx_options(opts));
-                    Ok(Box::pin(async move {
+                    async move {
                         let result = match (db, opts) {
                             (Ok(db), Ok(opts)) => db.begin(opts).await,
                             (Err(e), _) | (_, Err(e)) => Err(e),
@@ -524,7 +519,7 @@ impl UserData for LuaDb {
                             Ok(tx) => ok(&lua, LuaTx(Rc::new(tx))),
                             Err(e) => sql_fail(&lua, e),
                         }
-                    }) as CallFuture)
+                    }
                 },
             ),
         );
@@ -617,7 +612,7 @@ impl UserData for LuaStmt {
                     move |lua: &Lua, (this, args): (UserDataRef<Self>, MultiValue)| {
                         let (lua, sql) = (lua.clone(), this.sql.clone());
                         let target = this.owner().and_then(|o| Ok((o, params_from(args)?)));
-                        Ok(Box::pin(async move {
+                        async move {
                             match target {
                                 Ok((owner, params)) if execute => {
                                     execute_ret(lua, owner, sql, Ok(params)).await
@@ -625,7 +620,7 @@ impl UserData for LuaStmt {
                                 Ok((owner, params)) => query_ret(lua, owner, sql, Ok(params)).await,
                                 Err(e) => sql_fail(&lua, e),
                             }
-                        }) as CallFuture)
+                        }
                     },
                 ),
             );
@@ -652,6 +647,24 @@ impl HasOwner for LuaTx {
     }
 }
 
+/// The savepoint methods of a Tx.
+#[derive(Clone, Copy)]
+enum Savepoint {
+    Create,
+    RollbackTo,
+    Release,
+}
+
+impl Savepoint {
+    fn method(self) -> &'static str {
+        match self {
+            Savepoint::Create => "savepoint",
+            Savepoint::RollbackTo => "rollback_to",
+            Savepoint::Release => "release",
+        }
+    }
+}
+
 fn bool_ret(lua: &Lua, r: Result<(), SqlError>) -> Ret {
     match r {
         Ok(()) => ok(lua, true),
@@ -662,48 +675,40 @@ fn bool_ret(lua: &Lua, r: Result<(), SqlError>) -> Ret {
 impl UserData for LuaTx {
     fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
         add_statement_fields(fields);
-        fields.add_field(
-            "commit",
-            Waiting::new(|lua: &Lua, this: UserDataRef<Self>| {
-                let (lua, tx) = (lua.clone(), this.0.clone());
-                Ok(Box::pin(async move { bool_ret(&lua, tx.commit().await) }) as CallFuture)
-            }),
-        );
-        fields.add_field(
-            "rollback",
-            Waiting::new(|lua: &Lua, this: UserDataRef<Self>| {
-                let (lua, tx) = (lua.clone(), this.0.clone());
-                Ok(Box::pin(async move { bool_ret(&lua, tx.rollback().await) }) as CallFuture)
-            }),
-        );
-        type Named = (UserDataRef<LuaTx>, String);
-        fields.add_field(
-            "savepoint",
-            Waiting::new(|lua: &Lua, (this, name): Named| {
-                let (lua, tx) = (lua.clone(), this.0.clone());
-                Ok(
-                    Box::pin(async move { bool_ret(&lua, tx.savepoint(&name).await) })
-                        as CallFuture,
-                )
-            }),
-        );
-        fields.add_field(
-            "rollback_to",
-            Waiting::new(|lua: &Lua, (this, name): Named| {
-                let (lua, tx) = (lua.clone(), this.0.clone());
-                Ok(
-                    Box::pin(async move { bool_ret(&lua, tx.rollback_to(&name).await) })
-                        as CallFuture,
-                )
-            }),
-        );
-        fields.add_field(
-            "release",
-            Waiting::new(|lua: &Lua, (this, name): Named| {
-                let (lua, tx) = (lua.clone(), this.0.clone());
-                Ok(Box::pin(async move { bool_ret(&lua, tx.release(&name).await) }) as CallFuture)
-            }),
-        );
+        for (name, commit) in [("commit", true), ("rollback", false)] {
+            fields.add_field(
+                name,
+                Waiting::new(move |lua: &Lua, this: UserDataRef<Self>| {
+                    let (lua, tx) = (lua.clone(), this.0.clone());
+                    async move {
+                        let ended = if commit {
+                            tx.commit().await
+                        } else {
+                            tx.rollback().await
+                        };
+                        bool_ret(&lua, ended)
+                    }
+                }),
+            );
+        }
+        for op in [Savepoint::Create, Savepoint::RollbackTo, Savepoint::Release] {
+            fields.add_field(
+                op.method(),
+                Waiting::new(
+                    move |lua: &Lua, (this, name): (UserDataRef<Self>, String)| {
+                        let (lua, tx) = (lua.clone(), this.0.clone());
+                        async move {
+                            let done = match op {
+                                Savepoint::Create => tx.savepoint(&name).await,
+                                Savepoint::RollbackTo => tx.rollback_to(&name).await,
+                                Savepoint::Release => tx.release(&name).await,
+                            };
+                            bool_ret(&lua, done)
+                        }
+                    },
+                ),
+            );
+        }
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
