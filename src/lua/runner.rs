@@ -8,7 +8,7 @@ use crate::lua::convert;
 use crate::lua::resume::Stopped;
 use crate::lua::worker::worker_lua;
 use crate::process::pid::{ExitResult, Message, Pid};
-use crate::process::scheduler::panic_message;
+use crate::process::scheduler::{panic_message, Placement, StartTicket};
 use crate::process::value::{ErrorKind, ErrorValue, Value};
 use crate::registry::kinds::EntryId;
 use crate::runtime::Node;
@@ -68,15 +68,17 @@ pub fn spawn_process(
     }
     let node2 = node.clone();
     let on_exit = opts.on_exit;
-    let start = move || {
+    let start = move |ticket: Option<StartTicket>| {
         let ctx = ProcCtx::new(node2, proc, code, security, None);
-        tokio::task::spawn_local(run(ctx, args, on_exit));
+        tokio::task::spawn_local(run(ctx, args, on_exit, ticket));
     };
-    // Spawned from a worker: start right here (what `submit` does too), without boxing a job.
-    if crate::process::scheduler::Scheduler::current_worker().is_some() {
-        start();
-    } else {
-        node.scheduler.submit(Box::new(start));
+    match node.scheduler.place_spawn() {
+        // Spawned from a worker and staying: start right here, without boxing a job.
+        Some(Placement::Here(ticket)) => start(Some(ticket)),
+        Some(Placement::On(worker, ticket)) => node
+            .scheduler
+            .submit_to(worker, Box::new(move || start(Some(ticket)))),
+        None => node.scheduler.submit(Box::new(move || start(None))),
     }
     Ok(pid)
 }
@@ -112,7 +114,10 @@ async fn run(
     mut ctx: Rc<ProcCtx>,
     mut args: Vec<Value>,
     on_exit: Option<tokio::sync::oneshot::Sender<ExitResult>>,
+    ticket: Option<StartTicket>,
 ) {
+    // Started: no longer counted as waiting on this worker (see `Scheduler::place_spawn`).
+    drop(ticket);
     let mut guard = ExitGuard {
         node: ctx.node.clone(),
         pid: ctx.pid().clone(),

@@ -10,6 +10,11 @@
 //!
 //! Both pools are resized live on reload (`resize`): work never moves between workers, so a
 //! retired worker only stops taking new work and ends with the last thing it runs.
+//!
+//! A process is bound to its worker's Lua state once it runs, but not before: a process worker
+//! that spawns faster than it can start what it spawned hands new processes to the least
+//! loaded worker of its pool (`place_spawn`), as an Erlang scheduler's idle neighbour steals
+//! runnable processes. A single spawn, or a few, still starts beside its spawner.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +27,40 @@ thread_local! {
     static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
     /// Set by the last job a retired worker receives: it then finishes what it runs and ends.
     static RETIRED: Cell<bool> = const { Cell::new(false) };
+    /// The calling worker's pool and its count of processes placed but not started yet.
+    static HOME: std::cell::RefCell<Option<(usize, Arc<Starting>)>> =
+        const { std::cell::RefCell::new(None) };
 }
+
+/// Processes placed on a worker that have not had their first poll (see `place_spawn`). On a
+/// cache line of its own: the worker writes it on every spawn and start, its neighbours read it.
+#[repr(align(128))]
+#[derive(Default)]
+struct Starting(AtomicUsize);
+
+/// Held by a placed process until its first poll, when dropping it takes the process off its
+/// worker's count of processes waiting to start.
+pub struct StartTicket(Arc<Starting>);
+
+impl Drop for StartTicket {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where `place_spawn` puts a process spawned on a worker.
+pub enum Placement {
+    /// On the calling worker.
+    Here(StartTicket),
+    /// On worker `index` (submit the start there with `submit_to`).
+    On(usize, StartTicket),
+}
+
+/// How many spawned processes may wait to start on a worker before new ones go to a less
+/// loaded neighbour. Small enough that a spawn loop spreads within its first batch; large
+/// enough that a process spawning a few partners keeps them beside it (their messages then
+/// never cross threads).
+const SPREAD_AFTER: usize = 16;
 
 pub struct Scheduler {
     pools: RwLock<PoolSet>,
@@ -36,6 +74,8 @@ pub struct Scheduler {
 struct PoolSet {
     /// `None` once the worker is retired: it takes no new jobs.
     senders: Vec<Option<mpsc::UnboundedSender<Job>>>,
+    /// Each worker's processes waiting to start, by index.
+    starting: Vec<Arc<Starting>>,
     /// The active workers of each pool (`CONNECTION`, `PROCESS`). An empty process pool means
     /// processes started from outside a worker share the connection workers.
     active: [Vec<usize>; 2],
@@ -59,6 +99,7 @@ impl Scheduler {
         let scheduler = Scheduler {
             pools: RwLock::new(PoolSet {
                 senders: Vec::new(),
+                starting: Vec::new(),
                 active: [Vec::new(), Vec::new()],
                 named: [0, 0],
             }),
@@ -92,8 +133,10 @@ impl Scheduler {
                 let index = set.senders.len();
                 let name = format!("moonwire-{kind}-{}", set.named[pool]);
                 set.named[pool] += 1;
-                let (tx, handle) = spawn_worker(index, name);
+                let starting = Arc::new(Starting::default());
+                let (tx, handle) = spawn_worker(index, pool, starting.clone(), name);
                 set.senders.push(Some(tx));
+                set.starting.push(starting);
                 threads.push(handle);
                 set.active[pool].push(index);
             }
@@ -126,6 +169,36 @@ impl Scheduler {
         };
         let i = pool[self.next_process.fetch_add(1, Ordering::Relaxed) % pool.len()];
         send(&set, i, job);
+    }
+
+    /// Where a process spawned on the calling worker starts (`None` off a worker): here, unless
+    /// this is a process worker with more than `SPREAD_AFTER` spawned processes still waiting
+    /// to start and a worker of its pool has fewer. Connection workers keep what they spawn
+    /// (a WebSocket handler then lives beside its connection) unless they are the only pool.
+    pub fn place_spawn(&self) -> Option<Placement> {
+        HOME.with(|home| {
+            let home = home.borrow();
+            let (pool, own) = home.as_ref()?;
+            let waiting = own.0.load(Ordering::Relaxed);
+            if waiting >= SPREAD_AFTER {
+                let set = self.pools.read().expect("pools lock");
+                // Without a process pool the connection workers run the services, and there
+                // are no connections to keep handlers beside.
+                let spreads = *pool == PROCESS || set.active[PROCESS].is_empty();
+                let least = set.active[*pool]
+                    .iter()
+                    .filter(|_| spreads)
+                    .map(|&i| (set.starting[i].0.load(Ordering::Relaxed), i))
+                    .min();
+                if let Some((_, index)) = least.filter(|&(load, _)| load < waiting) {
+                    let target = set.starting[index].clone();
+                    target.0.fetch_add(1, Ordering::Relaxed);
+                    return Some(Placement::On(index, StartTicket(target)));
+                }
+            }
+            own.0.fetch_add(1, Ordering::Relaxed);
+            Some(Placement::Here(StartTicket(own.clone())))
+        })
     }
 
     /// Runs `job` (an HTTP connection) on the next connection worker round-robin.
@@ -165,6 +238,8 @@ fn send(set: &PoolSet, index: usize, job: Job) {
 /// One worker thread: a current-thread runtime and a `LocalSet` running the jobs it receives.
 fn spawn_worker(
     index: usize,
+    pool: usize,
+    starting: Arc<Starting>,
     name: String,
 ) -> (mpsc::UnboundedSender<Job>, std::thread::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
@@ -172,6 +247,7 @@ fn spawn_worker(
         .name(name)
         .spawn(move || {
             WORKER_INDEX.with(|w| w.set(Some(index)));
+            HOME.with(|home| *home.borrow_mut() = Some((pool, starting)));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -362,6 +438,62 @@ mod tests {
                 .unwrap(),
             Some(1)
         );
+    }
+
+    /// Where `n` spawns on worker `on` are placed while none of them starts (their tickets
+    /// are held): `usize::MAX` = here.
+    fn spawn_placements(s: &Arc<Scheduler>, on: usize, n: usize) -> Vec<usize> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inner = s.clone();
+        s.submit_to(
+            on,
+            Box::new(move || {
+                let mut tickets = Vec::new();
+                let mut placed = Vec::new();
+                for _ in 0..n {
+                    match inner.place_spawn().expect("on a worker") {
+                        Placement::Here(t) => {
+                            placed.push(usize::MAX);
+                            tickets.push(t)
+                        }
+                        Placement::On(i, t) => {
+                            placed.push(i);
+                            tickets.push(t)
+                        }
+                    }
+                }
+                tx.send(placed).unwrap();
+            }),
+        );
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_spawn_burst_on_a_process_worker_spreads_over_its_pool() {
+        let s = Scheduler::start(Pools {
+            connection_workers: 1,
+            process_workers: 2,
+        });
+        assert!(s.place_spawn().is_none(), "off a worker nothing is placed");
+        // Workers: 0 connection, 1 and 2 process.
+        let placed = spawn_placements(&s, 1, 40);
+        assert!(placed[..SPREAD_AFTER].iter().all(|&w| w == usize::MAX));
+        let here = placed.iter().filter(|&&w| w == usize::MAX).count();
+        let there = placed.iter().filter(|&&w| w == 2).count();
+        assert_eq!((here, there), (20, 20), "{placed:?}");
+        // The tickets were dropped with the job: both workers count nothing waiting again.
+        let placed = spawn_placements(&s, 1, SPREAD_AFTER);
+        assert!(placed.iter().all(|&w| w == usize::MAX), "{placed:?}");
+        // A connection worker keeps what it spawns while a process pool exists.
+        let placed = spawn_placements(&s, 0, 40);
+        assert!(placed.iter().all(|&w| w == usize::MAX), "{placed:?}");
+        // Without a process pool the connection workers spread too.
+        let s = Scheduler::start(Pools {
+            connection_workers: 2,
+            process_workers: 0,
+        });
+        let placed = spawn_placements(&s, 0, 2 * SPREAD_AFTER + 2);
+        assert_eq!(placed.iter().filter(|&&w| w == 1).count(), SPREAD_AFTER + 1);
     }
 
     #[test]
