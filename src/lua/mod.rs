@@ -10,6 +10,7 @@ pub mod coroutine;
 pub mod errors;
 pub mod fast_receive;
 pub mod fast_send;
+pub mod fast_spawn;
 pub mod function;
 pub mod memory;
 pub mod message;

@@ -478,6 +478,43 @@ fn spawn_lookup(ctx: &ProcCtx, id: &str, host: &str) -> SpawnLookup {
     SpawnLookup::Found(entry, host_id, Some(code))
 }
 
+/// A spawn whose arguments are already owned, as the fast path (`lua/fast_spawn.rs`) makes
+/// them: starts the process and returns its pid when no policy needs evaluating and the
+/// entry and host resolve to a process and a running host; `None` (nothing done) when
+/// `do_spawn` must answer, with its checks and errors. `pid_room`: the longest pid text the
+/// caller can return; a longer one is also left to `do_spawn`.
+pub(crate) fn spawn_checked(
+    ctx: &ProcCtx,
+    id: &str,
+    host: &str,
+    args: Vec<Value>,
+    link: bool,
+    monitor: bool,
+    pid_room: usize,
+) -> Option<Pid> {
+    if context::decided_without_policies() != Some(true) {
+        return None;
+    }
+    let SpawnLookup::Found(_, host_id, Some(code)) = spawn_lookup(ctx, id, host) else {
+        return None;
+    };
+    // `{namespace:name|id}`, the id at most 20 digits.
+    let longest = host_id.namespace.len() + host_id.name.len() + 24;
+    if !code.is_process || longest > pid_room {
+        return None;
+    }
+    let me = ctx.pid();
+    let options = SpawnOptions {
+        link_to: link.then(|| me.clone()),
+        monitor_by: monitor.then(|| me.clone()),
+        ..SpawnOptions::default()
+    };
+    let security = ctx.security.borrow().clone();
+    // Without a name to register it fails only on a host that is not running, before it
+    // does anything.
+    runner::spawn_process(&ctx.node, code, &host_id, args, security, options).ok()
+}
+
 fn do_spawn(
     lua: &Lua,
     mode: SpawnMode,
@@ -735,11 +772,11 @@ pub fn register(lua: &Lua, globals: &Table) -> mlua::Result<()> {
     )?;
     p.set("broadcast", lua.create_function(broadcast)?)?;
     for (name, mode) in SPAWN_VARIANTS {
+        let full = lua
+            .create_function(move |lua, args| do_spawn(lua, mode, &SpawnExtras::default(), args))?;
         p.set(
             name,
-            lua.create_function(move |lua, args| {
-                do_spawn(lua, mode, &SpawnExtras::default(), args)
-            })?,
+            crate::lua::fast_spawn::create(lua, full, mode.link, mode.monitor)?,
         )?;
     }
     p.set("exec", lua.create_async_function(exec)?)?;
