@@ -34,7 +34,14 @@ fn per_sender_fifo_order_1000_messages() {
 #[test]
 fn a_spawn_burst_on_two_workers_keeps_arguments_messages_monitors_and_links() {
     let run = harness::start("proc_spread");
-    run.expect_pass(&["spread.monitored_burst", "spread.linked_burst"], T);
+    run.expect_pass(
+        &[
+            "spread.unusual_arguments",
+            "spread.monitored_burst",
+            "spread.linked_burst",
+        ],
+        T,
+    );
 }
 
 #[test]

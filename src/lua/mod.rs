@@ -17,6 +17,7 @@ pub mod message;
 pub mod modules;
 pub mod preempt;
 pub mod raw_copy;
+pub mod raw_push;
 pub mod resume;
 pub mod runner;
 pub mod sandbox;

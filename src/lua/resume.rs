@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 use mlua::{ffi, Lua, MultiValue, Thread, Value};
+use std::ffi::c_int;
 
 /// How one resume stopped; `worker::STEP` documents the same four outcomes as codes.
 #[derive(Debug)]
@@ -33,30 +34,80 @@ pub enum Stopped {
 /// Resumes `co` once with `args` (pass `None` on every resume but the first).
 pub fn resume(lua: &Lua, co: &Thread, args: Option<MultiValue>) -> mlua::Result<Stopped> {
     // SAFETY: `co` is a live thread of `lua`, kept alive by the borrow.
-    unsafe { resume_state(lua, co.state(), args) }
+    unsafe { resume_state(lua, co.state(), args, 0) }
 }
 
-/// A coroutine kept alive by a Lua registry key, resumed without an mlua handle: making one per
-/// resume (a reference on mlua's auxiliary stack, made and dropped) cost about 600 instructions,
-/// twice per message round trip.
+/// A coroutine kept alive by a Lua registry reference, resumed without an mlua handle: making
+/// one per resume (a reference on mlua's auxiliary stack, made and dropped) cost about 600
+/// instructions, twice per message round trip. The reference is Lua's own (`luaL_ref`), not an
+/// mlua `RegistryKey`, whose protected call made and released it for ~1,400 instructions per
+/// process.
 pub struct HeldThread {
-    key: mlua::RegistryKey,
+    /// The state whose `registry[key]` is the coroutine; released on drop.
+    lua: mlua::WeakLua,
+    key: c_int,
     /// The coroutine's own state: valid while `key` holds it (Lua's collector does not move
     /// objects).
     state: *mut ffi::lua_State,
 }
 
 impl HeldThread {
+    /// Holds `thread`, a coroutine of `lua`.
     pub fn new(lua: &Lua, thread: Thread) -> mlua::Result<HeldThread> {
+        let state = thread.state();
+        let mut key = ffi::LUA_NOREF;
+        // SAFETY: a protected call with the thread on its stack; `luaL_ref` pops it.
+        unsafe {
+            lua.exec_raw::<()>(thread, |s| key = ffi::luaL_ref(s, ffi::LUA_REGISTRYINDEX))?;
+        }
         Ok(HeldThread {
-            state: thread.state(),
-            key: lua.create_registry_value(thread)?,
+            lua: lua.weak(),
+            key,
+            state,
         })
+    }
+
+    /// A new coroutine of `lua` whose stack `fill` sets up (the function, then the arguments of
+    /// its first resume; it returns how many arguments it pushed), held like `new`.
+    ///
+    /// # Safety
+    /// `fill` runs inside a protected call: it may raise a Lua error (then nothing is held and
+    /// the error is returned), so it must hold nothing with a destructor. It checks the stack
+    /// space it needs beyond `LUA_MINSTACK`.
+    pub unsafe fn create(
+        lua: &Lua,
+        fill: impl FnOnce(*mut ffi::lua_State) -> c_int,
+    ) -> mlua::Result<(HeldThread, c_int)> {
+        let mut made = (ffi::LUA_NOREF, std::ptr::null_mut(), 0);
+        lua.exec_raw::<()>((), |s| {
+            let co = ffi::lua_newthread(s);
+            let nargs = fill(co);
+            made = (ffi::luaL_ref(s, ffi::LUA_REGISTRYINDEX), co, nargs);
+        })?;
+        let (key, state, nargs) = made;
+        Ok((
+            HeldThread {
+                lua: lua.weak(),
+                key,
+                state,
+            },
+            nargs,
+        ))
     }
 
     /// An mlua handle to the coroutine.
     pub fn thread(&self, lua: &Lua) -> mlua::Result<Thread> {
-        lua.registry_value(&self.key)
+        lua.exec_raw_lua(|raw| unsafe {
+            let s = raw.state();
+            if ffi::lua_checkstack(s, 1) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            ffi::lua_rawgeti(s, ffi::LUA_REGISTRYINDEX, self.key as ffi::lua_Integer);
+            match raw.pop_value() {
+                Value::Thread(t) => Ok(t),
+                _ => Err(mlua::Error::runtime("process coroutine released")),
+            }
+        })
     }
 
     /// The coroutine's state, as an identity (and for `preempt::Step`).
@@ -64,13 +115,62 @@ impl HeldThread {
         self.state
     }
 
-    /// `resume` of this coroutine; `lua` must be the state that holds it.
-    pub fn resume(&self, lua: &Lua, args: Option<MultiValue>) -> mlua::Result<Stopped> {
-        if !lua.owns_registry_value(&self.key) {
+    /// `resume` of this coroutine; `lua` must be the state that holds it. `pushed`
+    /// arguments are on its stack already (see `create`); `args` are pushed now.
+    pub fn resume(
+        &self,
+        lua: &Lua,
+        args: Option<MultiValue>,
+        pushed: c_int,
+    ) -> mlua::Result<Stopped> {
+        if self.lua != lua.weak() {
             return Err(mlua::Error::MismatchedRegistryKey);
         }
-        // SAFETY: the key keeps the coroutine alive, and it belongs to `lua`.
-        unsafe { resume_state(lua, self.state, args) }
+        // SAFETY: the reference keeps the coroutine alive, and it belongs to `lua`.
+        unsafe { resume_state(lua, self.state, args, pushed) }
+    }
+}
+
+/// A process body ready for its first resume, built on its coroutine's own stack: `bootstrap`,
+/// then `factory`, a fresh `_ENV` (`raw_push::push_env` with `env_meta`), `method` (registry
+/// indices, all four) and copies of `args`, each `raw_push::pushable`. Returns the body and the
+/// number of arguments its first resume passes.
+pub fn body_from_factory(
+    lua: &Lua,
+    bootstrap: c_int,
+    factory: c_int,
+    env_meta: c_int,
+    method: c_int,
+    args: &[crate::process::value::Value],
+) -> mlua::Result<(HeldThread, c_int)> {
+    use crate::lua::raw_push;
+    debug_assert!(args.iter().all(raw_push::pushable));
+    // SAFETY: the fill holds only borrows and checks its stack space (`push`, `push_env` check
+    // their own; the new coroutine has `LUA_MINSTACK` free slots for the three `rawgeti`).
+    unsafe {
+        HeldThread::create(lua, |co| {
+            ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, bootstrap as ffi::lua_Integer);
+            ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, factory as ffi::lua_Integer);
+            raw_push::push_env(co, env_meta);
+            ffi::lua_rawgeti(co, ffi::LUA_REGISTRYINDEX, method as ffi::lua_Integer);
+            for a in args {
+                raw_push::push(co, a);
+            }
+            3 + args.len() as c_int
+        })
+    }
+}
+
+impl Drop for HeldThread {
+    fn drop(&mut self) {
+        // A state already closed released everything with it.
+        if let Some(lua) = self.lua.try_upgrade() {
+            // SAFETY: `luaL_unref` of a reference this state made; it stores into existing
+            // slots of the registry, so it neither allocates nor raises.
+            lua.exec_raw_lua(|raw| unsafe {
+                ffi::luaL_unref(raw.state(), ffi::LUA_REGISTRYINDEX, self.key)
+            });
+        }
     }
 }
 
@@ -79,6 +179,7 @@ unsafe fn resume_state(
     lua: &Lua,
     thread: *mut ffi::lua_State,
     args: Option<MultiValue>,
+    pushed: c_int,
 ) -> mlua::Result<Stopped> {
     let pending = Lua::poll_pending().0;
     lua.exec_raw_lua(|raw| unsafe {
@@ -102,8 +203,8 @@ unsafe fn resume_state(
             }
             None => 0,
         };
-        let mut nresults: std::ffi::c_int = 0;
-        let status = ffi::lua_resume(thread, caller, nargs, &mut nresults);
+        let mut nresults: c_int = 0;
+        let status = ffi::lua_resume(thread, caller, pushed + nargs, &mut nresults);
         let stopped = match status {
             ffi::LUA_YIELD => {
                 let waiting = nresults == 1

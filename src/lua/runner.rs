@@ -4,9 +4,9 @@
 
 use crate::lua::compile::CompiledCode;
 use crate::lua::context::{self, ProcCtx};
-use crate::lua::convert;
 use crate::lua::resume::Stopped;
 use crate::lua::worker::worker_lua;
+use crate::lua::{convert, raw_push};
 use crate::process::pid::{ExitResult, Message, Pid};
 use crate::process::scheduler::{panic_message, Placement, StartTicket};
 use crate::process::value::{ErrorKind, ErrorValue, Value};
@@ -208,8 +208,20 @@ pub(crate) async fn run_code(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> ExitResult 
 fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
     let w = worker_lua();
     let lua = &w.lua;
+    let factory = w.factory(&ctx.node, &ctx.code);
+    // The common case, built on the coroutine's stack without an mlua value per part.
+    if let Some(f) = factory
+        .as_ref()
+        .filter(|_| args.iter().all(raw_push::pushable))
+    {
+        let ((bootstrap, env_meta), (function, method)) = (w.body_ids(), f.registry_ids());
+        let (body, pushed) = crate::lua::resume::body_from_factory(
+            lua, bootstrap, function, env_meta, method, &args,
+        )?;
+        return Ok(LuaTask::new(body, None, pushed));
+    }
     let env = w.new_env()?;
-    let (body, chunk, method) = match w.factory(&ctx.node, &ctx.code) {
+    let (body, chunk, method) = match factory {
         Some(f) => (
             lua.create_thread(w.bootstrap_env.clone())?,
             f.function,
@@ -247,8 +259,9 @@ pub struct LuaTask {
     /// registry, not as an mlua reference: mlua keeps its references on one auxiliary Lua stack
     /// of at most a million slots per state, which capped a worker at ~500,000 idle processes.
     body: crate::lua::resume::HeldThread,
-    /// Arguments of the first resume.
+    /// Arguments of the first resume: pushed then, and already on the body's stack.
     args: Option<MultiValue>,
+    pushed: std::ffi::c_int,
     /// Whether `body` is suspended in an async call (dropping the task then ends that call).
     waiting: bool,
     /// After a preemption: a `yield_now` to finish before the body runs again.
@@ -258,12 +271,22 @@ pub struct LuaTask {
 impl LuaTask {
     /// `body` run with `args` on its first resume.
     fn driven(body: mlua::Thread, args: MultiValue) -> mlua::Result<LuaTask> {
-        Ok(LuaTask {
-            body: crate::lua::resume::HeldThread::new(&worker_lua().lua, body)?,
-            args: Some(args),
+        let body = crate::lua::resume::HeldThread::new(&worker_lua().lua, body)?;
+        Ok(LuaTask::new(body, Some(args), 0))
+    }
+
+    fn new(
+        body: crate::lua::resume::HeldThread,
+        args: Option<MultiValue>,
+        pushed: std::ffi::c_int,
+    ) -> LuaTask {
+        LuaTask {
+            body,
+            args,
+            pushed,
             waiting: false,
             yielding: None,
-        })
+        }
     }
 
     /// An existing coroutine run as a task (for `coroutine.spawn`).
@@ -343,7 +366,9 @@ impl Future for ProcTask {
                 task.waiting = false;
                 let w = worker_lua();
                 let _step = crate::lua::preempt::Step::begin_held(&task.body);
-                let mut step = task.body.resume(&w.lua, task.args.take());
+                let mut step =
+                    task.body
+                        .resume(&w.lua, task.args.take(), std::mem::take(&mut task.pushed));
                 if matches!(step, Ok(Stopped::Waiting)) && !ctx.wait_armed.get() {
                     step = match task.body() {
                         Ok(body) => w.run_step(&body, cx),

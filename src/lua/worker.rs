@@ -7,6 +7,7 @@ use crate::lua::sandbox::read_only;
 use mlua::{Function, HookTriggers, Lua, StdLib, Table, VmState};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub struct WorkerLua {
     pub lua: Lua,
     /// Metatable of every process `_ENV`: `__index` = the shared read-only globals.
     pub env_meta: Table,
+    /// `env_meta` in the registry, for `raw_push::push_env`.
+    env_meta_key: mlua::RegistryKey,
+    /// `bootstrap_env` in the registry, for `resume::body_from_factory`.
+    bootstrap_env_key: mlua::RegistryKey,
     /// Thread body `function(chunk, env, method, ...)`: runs the chunk, finds `method`, calls it.
     pub bootstrap: Function,
     /// The same for a chunk factory (see `Factory`): `function(factory, env, method, ...)`.
@@ -58,6 +63,16 @@ pub struct Factory {
     pub function: Function,
     /// The entry's method name as a Lua string, made once.
     pub method: mlua::String,
+    /// `function` and `method` in the registry, for pushing onto a new coroutine's stack
+    /// without mlua (`runner::prepare`).
+    keys: Rc<(mlua::RegistryKey, mlua::RegistryKey)>,
+}
+
+impl Factory {
+    /// The registry indices of the factory function and the method name.
+    pub fn registry_ids(&self) -> (c_int, c_int) {
+        (self.keys.0.id(), self.keys.1.id())
+    }
 }
 
 thread_local! {
@@ -284,6 +299,8 @@ impl WorkerLua {
         }
 
         Ok(WorkerLua {
+            env_meta_key: lua.create_registry_value(env_meta.clone())?,
+            bootstrap_env_key: lua.create_registry_value(bootstrap_env.clone())?,
             lua,
             env_meta,
             bootstrap,
@@ -337,11 +354,13 @@ impl WorkerLua {
 
     /// A fresh `_ENV` for one process or call.
     pub fn new_env(&self) -> mlua::Result<Table> {
-        // Sized for `_G` up front, which skips a rehash per process.
-        let env = self.lua.create_table_with_capacity(0, 1)?;
-        env.set_metatable(Some(self.env_meta.clone()))?;
-        env.raw_set("_G", env.clone())?;
-        Ok(env)
+        crate::lua::raw_push::new_env(&self.lua, &self.env_meta_key)
+    }
+
+    /// The registry indices of `bootstrap_env` and `env_meta`, for
+    /// `resume::body_from_factory`.
+    pub fn body_ids(&self) -> (c_int, c_int) {
+        (self.bootstrap_env_key.id(), self.env_meta_key.id())
     }
 
     /// The chunk factory of `code` (see `Factory`), compiled on first use; `None` when the
@@ -384,10 +403,16 @@ impl WorkerLua {
             .set_name(format!("@{}", code.chunk_name))
             .eval::<Function>()
             .ok()?;
+        let method = self.lua.create_string(&code.method).ok()?;
+        let keys = (
+            self.lua.create_registry_value(function.clone()).ok()?,
+            self.lua.create_registry_value(method.clone()).ok()?,
+        );
         Some(Factory {
             entry: code.entry.clone(),
             function,
-            method: self.lua.create_string(&code.method).ok()?,
+            method,
+            keys: Rc::new(keys),
         })
     }
 
