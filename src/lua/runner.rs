@@ -224,8 +224,8 @@ fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
     let (body, chunk, method) = match factory {
         Some(f) => (
             lua.create_thread(w.bootstrap_env.clone())?,
-            f.function,
-            f.method,
+            f.function.clone(),
+            f.method.clone(),
         ),
         None => {
             let chunk = lua

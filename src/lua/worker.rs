@@ -49,7 +49,7 @@ pub struct WorkerLua {
     /// the entry's table instead of growing the map.
     imports: RefCell<HashMap<crate::registry::kinds::EntryId, (u64, Table)>>,
     /// Chunk factories by code version (`None`: the source was not usable; load bytecode).
-    factories: RefCell<HashMap<u64, Option<Factory>>>,
+    factories: RefCell<HashMap<u64, Option<Rc<Factory>>>>,
 }
 /// An entry's source compiled once per worker as `function(_ENV, ...) <source> end`.
 ///
@@ -57,7 +57,6 @@ pub struct WorkerLua {
 /// debug info: the largest part of a spawn). Calling the factory with a fresh `_ENV` runs the
 /// same chunk body with its own chunk-level locals, so processes still share nothing, while
 /// the prototypes are shared. Line numbers are unchanged: the prefix sits on line 1.
-#[derive(Clone)]
 pub struct Factory {
     entry: crate::registry::kinds::EntryId,
     pub function: Function,
@@ -65,7 +64,7 @@ pub struct Factory {
     pub method: mlua::String,
     /// `function` and `method` in the registry, for pushing onto a new coroutine's stack
     /// without mlua (`runner::prepare`).
-    keys: Rc<(mlua::RegistryKey, mlua::RegistryKey)>,
+    keys: (mlua::RegistryKey, mlua::RegistryKey),
 }
 
 impl Factory {
@@ -370,7 +369,7 @@ impl WorkerLua {
         &self,
         node: &crate::runtime::Node,
         code: &crate::lua::compile::CompiledCode,
-    ) -> Option<Factory> {
+    ) -> Option<Rc<Factory>> {
         if let Some(f) = self.factories.borrow().get(&code.version) {
             return f.clone();
         }
@@ -386,7 +385,7 @@ impl WorkerLua {
         &self,
         node: &crate::runtime::Node,
         code: &crate::lua::compile::CompiledCode,
-    ) -> Option<Factory> {
+    ) -> Option<Rc<Factory>> {
         use crate::registry::kinds::EntryKind;
         let snapshot = node.snapshot();
         if snapshot.code.get(&code.entry).map(|c| c.version) != Some(code.version) {
@@ -408,12 +407,12 @@ impl WorkerLua {
             self.lua.create_registry_value(function.clone()).ok()?,
             self.lua.create_registry_value(method.clone()).ok()?,
         );
-        Some(Factory {
+        Some(Rc::new(Factory {
             entry: code.entry.clone(),
             function,
             method,
-            keys: Rc::new(keys),
-        })
+            keys,
+        }))
     }
 
     /// The table an imported entry's chunk returns (read-only), run once per worker and code

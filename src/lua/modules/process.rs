@@ -410,6 +410,15 @@ pub struct SpawnExtras {
     messages: Vec<(String, Vec<Value>)>,
 }
 
+/// What a spawn's entry and host references resolve to: the entry, the host and the entry's
+/// code (`None`: not found, reported after the policy checks). Shared, not cloned, by every
+/// spawn of the same pair (see `SpawnTarget`).
+struct SpawnPair {
+    entry: EntryId,
+    host_id: EntryId,
+    code: Option<Arc<crate::lua::compile::CompiledCode>>,
+}
+
 /// What `do_spawn` resolved for an (entry, host) pair, reused while the registry snapshot is
 /// the same: a spawner usually spawns the same entry over and over.
 struct SpawnTarget {
@@ -418,9 +427,7 @@ struct SpawnTarget {
     namespace: String,
     /// Never upgraded; keeps the snapshot's allocation, so its address is not reused.
     snapshot: std::sync::Weak<crate::runtime::Snapshot>,
-    entry: EntryId,
-    host_id: EntryId,
-    code: Arc<crate::lua::compile::CompiledCode>,
+    resolved: std::rc::Rc<SpawnPair>,
 }
 
 thread_local! {
@@ -428,12 +435,7 @@ thread_local! {
 }
 
 enum SpawnLookup {
-    /// Entry, host and the entry's code (`None`: not found, reported after the policy checks).
-    Found(
-        EntryId,
-        EntryId,
-        Option<Arc<crate::lua::compile::CompiledCode>>,
-    ),
+    Found(std::rc::Rc<SpawnPair>),
     Invalid(String),
 }
 
@@ -447,11 +449,11 @@ fn spawn_lookup(ctx: &ProcCtx, id: &str, host: &str) -> SpawnLookup {
                 && t.host == host
                 && t.namespace == ns
                 && std::ptr::eq(t.snapshot.as_ptr(), Arc::as_ptr(&snapshot)))
-            .then(|| (t.entry.clone(), t.host_id.clone(), t.code.clone()))
+            .then(|| t.resolved.clone())
         })
     });
-    if let Some((entry, host_id, code)) = cached {
-        return SpawnLookup::Found(entry, host_id, Some(code));
+    if let Some(resolved) = cached {
+        return SpawnLookup::Found(resolved);
     }
     let Some(entry) = EntryId::resolve(id, ns) else {
         return SpawnLookup::Invalid(format!("invalid entry id {id:?}"));
@@ -459,23 +461,25 @@ fn spawn_lookup(ctx: &ProcCtx, id: &str, host: &str) -> SpawnLookup {
     let Some(host_id) = EntryId::resolve(host, ns) else {
         return SpawnLookup::Invalid(format!("invalid host id {host:?}"));
     };
-    let Some(code) = snapshot.code.get(&entry).cloned() else {
-        return SpawnLookup::Found(entry, host_id, None);
-    };
-    if code.is_process {
+    let code = snapshot.code.get(&entry).cloned();
+    let cache = code.as_ref().is_some_and(|c| c.is_process);
+    let resolved = std::rc::Rc::new(SpawnPair {
+        entry,
+        host_id,
+        code,
+    });
+    if cache {
         LAST_SPAWN.with(|c| {
             *c.borrow_mut() = Some(SpawnTarget {
                 id: id.to_string(),
                 host: host.to_string(),
                 namespace: ns.to_string(),
                 snapshot: Arc::downgrade(&snapshot),
-                entry: entry.clone(),
-                host_id: host_id.clone(),
-                code: code.clone(),
+                resolved: resolved.clone(),
             })
         });
     }
-    SpawnLookup::Found(entry, host_id, Some(code))
+    SpawnLookup::Found(resolved)
 }
 
 /// A spawn whose arguments are already owned, as the fast path (`lua/fast_spawn.rs`) makes
@@ -495,7 +499,10 @@ pub(crate) fn spawn_checked(
     if context::decided_without_policies() != Some(true) {
         return None;
     }
-    let SpawnLookup::Found(_, host_id, Some(code)) = spawn_lookup(ctx, id, host) else {
+    let SpawnLookup::Found(target) = spawn_lookup(ctx, id, host) else {
+        return None;
+    };
+    let (Some(code), host_id) = (target.code.clone(), &target.host_id) else {
         return None;
     };
     // `{namespace:name|id}`, the id at most 20 digits.
@@ -512,7 +519,7 @@ pub(crate) fn spawn_checked(
     let security = ctx.security.borrow().clone();
     // Without a name to register it fails only on a host that is not running, before it
     // does anything.
-    runner::spawn_process(&ctx.node, code, &host_id, args, security, options).ok()
+    runner::spawn_process(&ctx.node, code, host_id, args, security, options).ok()
 }
 
 fn do_spawn(
@@ -525,10 +532,11 @@ fn do_spawn(
     let lookup = with_str_arg(lua, 1, &id, |id| {
         with_str_arg(lua, 2, &host, |host| spawn_lookup(&ctx, id, host))
     })??;
-    let (entry, host_id, code) = match lookup {
-        SpawnLookup::Found(e, h, c) => (e, h, c),
+    let target = match lookup {
+        SpawnLookup::Found(target) => target,
         SpawnLookup::Invalid(message) => return fail(lua, ErrorKind::Invalid, message),
     };
+    let (entry, host_id, code) = (&target.entry, &target.host_id, target.code.clone());
     // Without an actor or scope no policy is evaluated (the answer is `!strict`), so the
     // resource strings and meta are only built when a policy will read them.
     if let Some(allowed) = context::decided_without_policies() {
@@ -592,7 +600,7 @@ fn do_spawn(
     match runner::spawn_process(
         &ctx.node,
         code,
-        &host_id,
+        host_id,
         values,
         security,
         SpawnOptions {
