@@ -73,6 +73,32 @@ pub fn fronting(lua: &Lua, full: Function, fast: ffi::lua_CFunction) -> mlua::Re
     }
 }
 
+/// The body of a fast path fronting an mlua binding (`fronting`): runs `fast`, which answers
+/// `Some` when it did the call's work and `None` (having done nothing) when the binding must
+/// answer. `Some` is returned to Lua by `answer`; `None` hands the call to the binding
+/// (`call_upvalue`); a panic becomes a Lua error saying `panicked`.
+///
+/// # Safety
+/// As `call_upvalue`; `fast` may not raise, and `answer` may raise only while the value it is
+/// given has no destructor to skip.
+pub unsafe fn fast_or_full<T>(
+    state: *mut ffi::lua_State,
+    panicked: &std::ffi::CStr,
+    fast: impl FnOnce() -> Option<T>,
+    answer: impl FnOnce(*mut ffi::lua_State, T) -> c_int,
+) -> c_int {
+    // The panic's payload is dropped here, before anything may raise.
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(fast)).map_err(drop);
+    match done {
+        Ok(Some(done)) => answer(state, done),
+        Ok(None) => call_upvalue(state),
+        Err(()) => {
+            ffi::lua_pushstring(state, panicked.as_ptr());
+            ffi::lua_error(state)
+        }
+    }
+}
+
 /// Calls the function in upvalue 1 with this call's arguments and returns all its results: a
 /// fast path handing a call to the mlua binding it fronts. Errors propagate as Lua errors. The
 /// callee may yield (a wait): the call has a continuation that returns what it returned.

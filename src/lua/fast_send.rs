@@ -26,57 +26,27 @@ pub fn create(lua: &Lua, full: Function) -> mlua::Result<Function> {
     crate::lua::c_function::fronting(lua, full, send)
 }
 
-enum Fast {
-    Sent,
-    /// The mlua binding answers: an unusual argument, or a check that failed.
-    Full,
-    Panicked,
-}
-
 unsafe extern "C-unwind" fn send(state: *mut ffi::lua_State) -> c_int {
-    let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_send(state)))
-        .unwrap_or(Fast::Panicked);
-    match fast {
-        Fast::Sent => {
+    crate::lua::c_function::fast_or_full(
+        state,
+        c"internal error: process.send panicked",
+        || try_send(state),
+        |state, ()| {
             ffi::lua_pushboolean(state, 1);
             ffi::lua_pushnil(state);
             2
-        }
-        Fast::Full => crate::lua::c_function::call_upvalue(state),
-        Fast::Panicked => {
-            ffi::lua_pushstring(state, c"internal error: process.send panicked".as_ptr());
-            ffi::lua_error(state)
-        }
-    }
+        },
+    )
 }
 
-/// The UTF-8 string argument at `idx`, borrowed from the stack.
-unsafe fn str_arg<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
-    let bytes = raw_copy::bytes_at(state, idx)?;
-    std::str::from_utf8(bytes).ok()
-}
-
-unsafe fn try_send(state: *mut ffi::lua_State) -> Fast {
-    let nargs = ffi::lua_gettop(state);
+/// `Some` once sent; `None` (nothing done) when the binding must answer.
+unsafe fn try_send(state: *mut ffi::lua_State) -> Option<()> {
     // The destination stays bytes: a pid's id is read without a UTF-8 check of the whole text.
-    let (Some(dest), Some(topic)) = (raw_copy::bytes_at(state, 1), str_arg(state, 2)) else {
-        return Fast::Full;
-    };
-    let mut values = Vec::with_capacity(nargs.saturating_sub(2) as usize);
-    for idx in 3..=nargs {
-        match raw_copy::value_at(state, idx) {
-            Some(v) => values.push(v),
-            None => return Fast::Full,
-        }
-    }
-    let Some(ctx) = context::current() else {
-        return Fast::Full;
-    };
-    if crate::lua::modules::process::send_checked(&ctx, dest, topic, values) {
-        Fast::Sent
-    } else {
-        Fast::Full
-    }
+    let dest = raw_copy::bytes_at(state, 1)?;
+    let topic = raw_copy::str_at(state, 2)?;
+    let values = raw_copy::values_from(state, 3)?;
+    let ctx = context::current()?;
+    crate::lua::modules::process::send_checked(&ctx, dest, topic, values).then_some(())
 }
 
 #[cfg(test)]

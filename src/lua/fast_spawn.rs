@@ -51,72 +51,38 @@ impl std::fmt::Write for PidText {
     }
 }
 
-enum Fast {
-    Spawned,
-    /// The mlua binding answers: an unusual argument, or a check that failed.
-    Full,
-    Panicked,
-}
-
 unsafe extern "C-unwind" fn spawn<const LINK: bool, const MONITOR: bool>(
     state: *mut ffi::lua_State,
 ) -> c_int {
-    let mut pid = PidText {
-        bytes: [0; PID_ROOM],
-        len: 0,
-    };
-    let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        try_spawn(state, LINK, MONITOR, &mut pid)
-    }))
-    .unwrap_or(Fast::Panicked);
-    match fast {
-        Fast::Spawned => {
+    crate::lua::c_function::fast_or_full(
+        state,
+        c"internal error: process.spawn panicked",
+        || try_spawn(state, LINK, MONITOR),
+        // `PidText` has no destructor, so the push may raise.
+        |state, pid: PidText| {
             ffi::lua_pushlstring(state, pid.bytes.as_ptr().cast(), pid.len);
             ffi::lua_pushnil(state);
             2
-        }
-        Fast::Full => crate::lua::c_function::call_upvalue(state),
-        Fast::Panicked => {
-            ffi::lua_pushstring(state, c"internal error: process.spawn panicked".as_ptr());
-            ffi::lua_error(state)
-        }
-    }
+        },
+    )
 }
 
-/// The UTF-8 string argument at `idx`, borrowed from the stack.
-unsafe fn str_arg<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
-    std::str::from_utf8(raw_copy::bytes_at(state, idx)?).ok()
-}
-
-unsafe fn try_spawn(
-    state: *mut ffi::lua_State,
-    link: bool,
-    monitor: bool,
-    out: &mut PidText,
-) -> Fast {
+/// The new pid's text; `None` (nothing done) when the binding must answer.
+unsafe fn try_spawn(state: *mut ffi::lua_State, link: bool, monitor: bool) -> Option<PidText> {
     use std::fmt::Write;
-    let nargs = ffi::lua_gettop(state);
-    let (Some(id), Some(host)) = (str_arg(state, 1), str_arg(state, 2)) else {
-        return Fast::Full;
+    let id = raw_copy::str_at(state, 1)?;
+    let host = raw_copy::str_at(state, 2)?;
+    let args = raw_copy::values_from(state, 3)?;
+    let ctx = context::current()?;
+    let pid =
+        crate::lua::modules::process::spawn_checked(&ctx, id, host, args, link, monitor, PID_ROOM)?;
+    let mut text = PidText {
+        bytes: [0; PID_ROOM],
+        len: 0,
     };
-    let mut args = Vec::with_capacity(nargs.saturating_sub(2) as usize);
-    for idx in 3..=nargs {
-        match raw_copy::value_at(state, idx) {
-            Some(v) => args.push(v),
-            None => return Fast::Full,
-        }
-    }
-    let Some(ctx) = context::current() else {
-        return Fast::Full;
-    };
-    let spawned =
-        crate::lua::modules::process::spawn_checked(&ctx, id, host, args, link, monitor, PID_ROOM);
-    match spawned {
-        Some(pid) if write!(out, "{pid}").is_ok() => Fast::Spawned,
-        // `spawn_checked` made sure the text fits.
-        Some(pid) => panic!("pid {pid} longer than {PID_ROOM} bytes"),
-        None => Fast::Full,
-    }
+    // `spawn_checked` made sure the text fits.
+    write!(text, "{pid}").expect("a pid within PID_ROOM");
+    Some(text)
 }
 
 #[cfg(test)]

@@ -54,6 +54,28 @@ pub unsafe fn bytes_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a
     Some(std::slice::from_raw_parts(ptr.cast::<u8>(), len))
 }
 
+/// The UTF-8 string at `idx`, borrowed from the stack; `None` for anything else.
+///
+/// # Safety
+/// As `bytes_at`.
+pub unsafe fn str_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
+    std::str::from_utf8(bytes_at(state, idx)?).ok()
+}
+
+/// The values from stack index `first` to the top, each copied as `value_at` copies it; `None`
+/// when any of them needs the general copy.
+///
+/// # Safety
+/// As `value_at`.
+pub unsafe fn values_from(state: *mut ffi::lua_State, first: c_int) -> Option<Vec<Value>> {
+    let top = ffi::lua_gettop(state);
+    let mut values = Vec::with_capacity((top - first + 1).max(0) as usize);
+    for idx in first..=top {
+        values.push(value_at(state, idx)?);
+    }
+    Some(values)
+}
+
 /// `idx` is absolute. `open` holds the tables being copied (cycle and depth check). On `None`
 /// the stack may be left higher; `value_at` restores it.
 unsafe fn copy_at(
