@@ -77,7 +77,7 @@ pub fn spawn_process(
         Some(Placement::Here(ticket)) => start(Some(ticket)),
         Some(Placement::On(worker, ticket)) => node
             .scheduler
-            .submit_to(worker, Box::new(move || start(Some(ticket)))),
+            .submit_start(worker, Box::new(move || start(Some(ticket)))),
         None => node.scheduler.submit(Box::new(move || start(None))),
     }
     Ok(pid)

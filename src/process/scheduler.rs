@@ -52,7 +52,7 @@ impl Drop for StartTicket {
 pub enum Placement {
     /// On the calling worker.
     Here(StartTicket),
-    /// On worker `index` (submit the start there with `submit_to`).
+    /// On worker `index` (submit the start there with `submit_start`).
     On(usize, StartTicket),
 }
 
@@ -207,6 +207,22 @@ impl Scheduler {
         let pool = &set.active[CONNECTION];
         let i = pool[self.next_connection.fetch_add(1, Ordering::Relaxed) % pool.len()];
         send(&set, i, job);
+    }
+
+    /// Runs `job` (a process start `place_spawn` placed) on worker `index`, or right here on
+    /// the calling worker if `index` has retired since it was chosen: a start must not be
+    /// dropped, or its registered process would never run nor exit.
+    pub fn submit_start(&self, index: usize, job: Job) {
+        let set = self.pools.read().expect("pools lock");
+        let job = match set.senders.get(index).and_then(Option::as_ref) {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(refused) => refused.0,
+            },
+            None => job,
+        };
+        drop(set);
+        job();
     }
 
     /// Runs `job` on worker `index` (tests and diagnostics).
@@ -494,6 +510,34 @@ mod tests {
         });
         let placed = spawn_placements(&s, 0, 2 * SPREAD_AFTER + 2);
         assert_eq!(placed.iter().filter(|&&w| w == 1).count(), SPREAD_AFTER + 1);
+    }
+
+    #[test]
+    fn a_start_placed_on_a_worker_that_retired_runs_on_the_caller() {
+        let s = Scheduler::start(Pools {
+            connection_workers: 1,
+            process_workers: 2,
+        });
+        // Workers: 0 connection, 1 and 2 process; retiring one process worker retires 2.
+        s.resize(Pools {
+            connection_workers: 1,
+            process_workers: 1,
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inner = s.clone();
+        s.submit_to(
+            1,
+            Box::new(move || {
+                inner.submit_start(
+                    2,
+                    Box::new(move || tx.send(Scheduler::current_worker()).unwrap()),
+                )
+            }),
+        );
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+            Some(1)
+        );
     }
 
     #[test]
