@@ -286,6 +286,39 @@ mod tests {
     }
 
     #[test]
+    fn a_held_body_runs_from_its_stack_and_releases_its_registry_slot() {
+        use crate::process::value::Value as Owned;
+        let lua = Lua::new();
+        let src = c"local a, b = ... coroutine.yield() return a + b";
+        // SAFETY: the fill pushes a chunk and two numbers; it holds nothing with a destructor.
+        let (held, pushed) = unsafe {
+            HeldThread::create(&lua, |co| {
+                assert_eq!(ffi::luaL_loadstring(co, src.as_ptr()), ffi::LUA_OK);
+                crate::lua::raw_push::push(co, &Owned::Int(2));
+                crate::lua::raw_push::push(co, &Owned::Int(3));
+                2
+            })
+        }
+        .unwrap();
+        assert_eq!(pushed, 2);
+        let key = held.key;
+        assert!(matches!(
+            held.resume(&lua, None, pushed).unwrap(),
+            Stopped::Yielded
+        ));
+        // Another state's body is refused, not resumed on the wrong stack.
+        assert!(held.resume(&Lua::new(), None, 0).is_err());
+        match held.resume(&lua, None, 0).unwrap() {
+            Stopped::Finished(Value::Integer(5), _) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        // The slot is free again: Lua's reference list hands it out next.
+        let again = HeldThread::new(&lua, thread(&lua, "return function() end")).unwrap();
+        assert_eq!(again.key, key);
+    }
+
+    #[test]
     fn errors_and_rust_errors_come_back_as_values() {
         let lua = Lua::new();
         let co = thread(&lua, "return function() error({code = 7}) end");
