@@ -149,3 +149,11 @@ pub unsafe fn read_pushed<R>(
         read
     })
 }
+
+/// A stand-in for the mlua binding a fast path fronts, for its tests: answers `"full N"`, N
+/// being how many arguments reached it.
+#[cfg(test)]
+pub fn counting_binding(lua: &Lua) -> Function {
+    lua.create_function(|_, args: mlua::Variadic<mlua::Value>| Ok(format!("full {}", args.len())))
+        .unwrap()
+}

@@ -56,11 +56,7 @@ mod tests {
     #[test]
     fn anything_off_the_fast_path_reaches_the_full_binding_with_its_arguments() {
         let lua = Lua::new();
-        let full = lua
-            .create_function(|_, args: mlua::Variadic<mlua::Value>| {
-                Ok(format!("full {}", args.len()))
-            })
-            .unwrap();
+        let full = crate::lua::c_function::counting_binding(&lua);
         lua.globals()
             .set("send", create(&lua, full).unwrap())
             .unwrap();

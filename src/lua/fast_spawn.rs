@@ -92,11 +92,7 @@ mod tests {
     #[test]
     fn anything_off_the_fast_path_reaches_the_full_binding_with_its_arguments() {
         let lua = Lua::new();
-        let full = lua
-            .create_function(|_, args: mlua::Variadic<mlua::Value>| {
-                Ok(format!("full {}", args.len()))
-            })
-            .unwrap();
+        let full = crate::lua::c_function::counting_binding(&lua);
         for (link, monitor) in [(false, false), (false, true), (true, false), (true, true)] {
             lua.globals()
                 .set("spawn", create(&lua, full.clone(), link, monitor).unwrap())

@@ -208,39 +208,42 @@ pub(crate) async fn run_code(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> ExitResult 
 fn prepare(ctx: &Rc<ProcCtx>, args: Vec<Value>) -> mlua::Result<LuaTask> {
     let w = worker_lua();
     let lua = &w.lua;
-    let factory = w.factory(&ctx.node, &ctx.code);
-    // The common case, built on the coroutine's stack without an mlua value per part.
-    if let Some(f) = factory
-        .as_ref()
-        .filter(|_| args.iter().all(raw_push::pushable))
-    {
+    // Built on the coroutine's stack without an mlua value per part; arguments `raw_push`
+    // cannot push (error objects) go with the first resume instead.
+    if let Some(f) = w.factory(&ctx.node, &ctx.code) {
+        let raw = args.iter().all(raw_push::pushable);
         let ((bootstrap, env_meta), (function, method)) = (w.body_ids(), f.registry_ids());
+        let pushed_args: &[Value] = if raw { &args } else { &[] };
         let (body, pushed) = crate::lua::resume::body_from_factory(
-            lua, bootstrap, function, env_meta, method, &args,
+            lua,
+            bootstrap,
+            function,
+            env_meta,
+            method,
+            pushed_args,
         )?;
-        return Ok(LuaTask::new(body, None, pushed));
+        let later = if raw {
+            None
+        } else {
+            Some(
+                args.iter()
+                    .map(|a| convert::to_lua(lua, a))
+                    .collect::<mlua::Result<MultiValue>>()?,
+            )
+        };
+        return Ok(LuaTask::new(body, later, pushed));
     }
     let env = w.new_env()?;
-    let (body, chunk, method) = match factory {
-        Some(f) => (
-            lua.create_thread(w.bootstrap_env.clone())?,
-            f.function.clone(),
-            f.method.clone(),
-        ),
-        None => {
-            let chunk = lua
-                .load(&ctx.code.bytecode[..])
-                .set_mode(ChunkMode::Binary)
-                .set_name(format!("@{}", ctx.code.chunk_name))
-                .set_environment(env.clone())
-                .into_function()?;
-            (
-                lua.create_thread(w.bootstrap.clone())?,
-                chunk,
-                lua.create_string(&ctx.code.method)?,
-            )
-        }
-    };
+    let chunk = lua
+        .load(&ctx.code.bytecode[..])
+        .set_mode(ChunkMode::Binary)
+        .set_name(format!("@{}", ctx.code.chunk_name))
+        .set_environment(env.clone())
+        .into_function()?;
+    let (body, method) = (
+        lua.create_thread(w.bootstrap.clone())?,
+        lua.create_string(&ctx.code.method)?,
+    );
     let mut call_args = MultiValue::with_capacity(3 + args.len());
     call_args.push_back(mlua::Value::Function(chunk));
     call_args.push_back(mlua::Value::Table(env));

@@ -32,12 +32,11 @@ pub struct WorkerLua {
     pub env_meta: Table,
     /// `env_meta` in the registry, for `raw_push::push_env`.
     env_meta_key: mlua::RegistryKey,
-    /// `bootstrap_env` in the registry, for `resume::body_from_factory`.
+    /// `function(factory, env, method, ...)`, the chunk factory's counterpart of `bootstrap`
+    /// (see `Factory`), in the registry for `resume::body_from_factory`.
     bootstrap_env_key: mlua::RegistryKey,
     /// Thread body `function(chunk, env, method, ...)`: runs the chunk, finds `method`, calls it.
     pub bootstrap: Function,
-    /// The same for a chunk factory (see `Factory`): `function(factory, env, method, ...)`.
-    pub bootstrap_env: Function,
     /// `function(co, ...)`: resumes `co` once and says how it stopped (see `STEP`).
     step: Function,
     /// Lua's raw `coroutine.resume` (ends a wait on drop, see `terminate_wait`).
@@ -59,11 +58,8 @@ pub struct WorkerLua {
 /// the prototypes are shared. Line numbers are unchanged: the prefix sits on line 1.
 pub struct Factory {
     entry: crate::registry::kinds::EntryId,
-    pub function: Function,
-    /// The entry's method name as a Lua string, made once.
-    pub method: mlua::String,
-    /// `function` and `method` in the registry, for pushing onto a new coroutine's stack
-    /// without mlua (`runner::prepare`).
+    /// The factory function and the entry's method name (a Lua string made once), in the
+    /// registry, for pushing onto a new coroutine's stack (`resume::body_from_factory`).
     keys: (mlua::RegistryKey, mlua::RegistryKey),
 }
 
@@ -299,11 +295,10 @@ impl WorkerLua {
 
         Ok(WorkerLua {
             env_meta_key: lua.create_registry_value(env_meta.clone())?,
-            bootstrap_env_key: lua.create_registry_value(bootstrap_env.clone())?,
+            bootstrap_env_key: lua.create_registry_value(bootstrap_env)?,
             lua,
             env_meta,
             bootstrap,
-            bootstrap_env,
             step,
             raw_resume,
             terminate,
@@ -404,13 +399,11 @@ impl WorkerLua {
             .ok()?;
         let method = self.lua.create_string(&code.method).ok()?;
         let keys = (
-            self.lua.create_registry_value(function.clone()).ok()?,
-            self.lua.create_registry_value(method.clone()).ok()?,
+            self.lua.create_registry_value(function).ok()?,
+            self.lua.create_registry_value(method).ok()?,
         );
         Some(Rc::new(Factory {
             entry: code.entry.clone(),
-            function,
-            method,
             keys,
         }))
     }

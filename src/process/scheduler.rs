@@ -187,10 +187,10 @@ impl Scheduler {
                 let spreads = *pool == PROCESS || set.active[PROCESS].is_empty();
                 let least = set.active[*pool]
                     .iter()
-                    .filter(|_| spreads)
                     .map(|&i| (set.starting[i].0.load(Ordering::Relaxed), i))
-                    .min();
-                if let Some((_, index)) = least.filter(|&(load, _)| load < waiting) {
+                    .min()
+                    .filter(|&(load, _)| spreads && load < waiting);
+                if let Some((_, index)) = least {
                     let target = set.starting[index].clone();
                     target.0.fetch_add(1, Ordering::Relaxed);
                     return Some(Placement::On(index, StartTicket(target)));
